@@ -1,0 +1,1 @@
+"""Data in and out: raw corpora -> WebDataset shards -> streamed batches -> features."""

@@ -1,0 +1,18 @@
+"""The one error type for bad user input.
+
+Every command catches :class:`BadInput` at its entry point and prints the message as a single line, so a message
+must name the file (and line or key) and say what was expected, e.g.
+``meta.csv:17: expected 4 tab-separated fields (filename, scene_label, identifier, source_label), got 3``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class BadInput(Exception):
+    """A file, CSV row, config key, checkpoint or flag that cannot be used as given."""
+
+
+def at(path: str | Path, line: int | None = None) -> str:
+    """``path`` or ``path:line``, the prefix of a :class:`BadInput` message."""
+    return f"{path}:{line}" if line is not None else str(path)
