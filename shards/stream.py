@@ -1,0 +1,398 @@
+"""Shards -> batches of waveforms, on any number of nodes x workers.
+
+Two readers, both built from WebDataset stages:
+
+**Training** (:func:`train_loader`): endless, seeded, resumable, mixed by weight.
+  Every rank draws shards with replacement from the whole list (WebDataset's ``resampled`` idea, so uneven shard
+  counts can never leave one rank waiting in an all-reduce), shuffles samples in a buffer, mixes several shard sets by
+  weight, crops or zero-pads each clip and batches it inside the worker. Every random choice comes from an RNG seeded by
+  ``(seed, rank, slot, segment)``, so the stream is a pure function of the step:
+
+  * DataLoader workers are served round-robin, so global batch ``g`` of a rank comes from *slot* ``g % W``
+    (``W`` = workers), as that slot's batch ``g // W``. A loader started at step ``s`` gives worker ``w`` the slot
+    ``(s + w) % W``, and the rank's batches continue exactly where an uninterrupted run would be.
+  * Each slot re-seeds every ``segment_batches`` of its batches. To resume mid-segment a worker replays the segment
+    up to the step *without decoding audio* (tar reading only), so a resume costs at most one segment of reading.
+
+**Evaluation** (:func:`eval_loader`): every clip exactly once across all ranks.
+  The manifest's per-shard counts give each clip a global index; rank ``r`` of ``R`` takes the contiguous range
+  ``[r*N//R, (r+1)*N//R)``, split again between its workers. Batches are formed on the rank and padded, so every rank
+  runs the same number of batches (ZeRO-3 gathers parameters in every forward: unequal counts would hang); padded rows
+  have ``valid == False``.
+
+A sample whose audio cannot be decoded is skipped with a warning and counted (``Batch.corrupt``); a truncated tar ends
+that shard early. Neither stops training.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from shards.audio import decode_flac
+from shards.errors import BadInput
+from shards.writer import MANIFEST
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass
+class ShardSetConfig:
+    """One shard set: a folder written by ``shards/build.py`` (with manifest.json) and one of its splits."""
+
+    path: str = "???"
+    """Folder holding manifest.json and the {split}-NNNNNN.tar shards."""
+    split: str = "train"
+    """Which split of that folder."""
+    weight: float = 1.0
+    """Relative sampling weight when several sets are mixed (e.g. AudioSet 2.0 + LibriSpeech 1.0)."""
+
+
+@dataclass
+class StreamConfig:
+    """How shards become batches of waveforms (features are computed later, on the batch's device)."""
+
+    clip_seconds: float = 1.0
+    """Length of every clip in a batch: longer clips are cropped (random offset in training, from the start in
+    evaluation), shorter ones zero-padded at the tail (as SSAST pads)."""
+    sample_rate: int = 16000
+    """Expected sample rate of the shards (Hz); a shard set built at another rate is refused."""
+    batch_size: int = 8
+    """Clips per batch per rank (DeepSpeed's micro batch)."""
+    num_workers: int = 2
+    """DataLoader worker processes per rank (0: read in the training process)."""
+    shuffle_buffer: int = 1000
+    """Samples held in each worker's shuffle buffer."""
+    segment_batches: int = 1000
+    """A worker's stream is re-seeded every this many of its batches; a resume replays at most one segment."""
+    seed: int = 0
+    """Seed of every random choice in the stream."""
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Batches
+
+
+@dataclass
+class Batch:
+    """A batch of equal-length waveforms with labels and metadata."""
+
+    wave: torch.Tensor  # [B, n_samples] float32
+    label: torch.Tensor  # [B] int64 (-1: unlabelled) or [B, C] float32 multi-hot for multi-label sets
+    valid: torch.Tensor  # [B] bool; False for evaluation padding
+    keys: list[str]
+    meta: list[dict[str, Any]]
+    corrupt: int = 0
+    """Samples skipped so far by the worker that made this batch (cumulative)."""
+
+    def pin_memory(self) -> "Batch":
+        return Batch(self.wave.pin_memory(), self.label.pin_memory(), self.valid.pin_memory(), self.keys, self.meta,
+                     self.corrupt)
+
+    def to(self, device, non_blocking: bool = True) -> "Batch":
+        return Batch(self.wave.to(device, non_blocking=non_blocking), self.label.to(device, non_blocking=non_blocking),
+                     self.valid.to(device, non_blocking=non_blocking), self.keys, self.meta, self.corrupt)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+@dataclass
+class ShardSet:
+    """A resolved shard set: shard paths, per-shard counts and the class list, read from the manifest."""
+
+    urls: list[str]
+    counts: list[int]
+    classes: list[str]
+    multi_label: bool
+    sample_rate: int
+    weight: float = 1.0
+    name: str = ""
+
+    @property
+    def num_clips(self) -> int:
+        return sum(self.counts)
+
+
+def open_shard_set(cfg: ShardSetConfig) -> ShardSet:
+    """Read a shard folder's manifest; raises :class:`BadInput` naming the folder/split when unusable."""
+    folder = Path(cfg.path)
+    manifest_path = folder / MANIFEST
+    if not manifest_path.exists():
+        raise BadInput(f"{manifest_path}: no manifest (is {folder} a complete shards/build.py output?)")
+    manifest = json.loads(manifest_path.read_text())
+    splits = manifest.get("splits", {})
+    if cfg.split not in splits:
+        raise BadInput(f"{manifest_path}: no split {cfg.split!r}; it has {', '.join(splits) or 'none'}")
+    entry = splits[cfg.split]
+    shards = [s for s in entry["shards"] if s["count"] > 0]
+    if not shards:
+        raise BadInput(f"{manifest_path}: split {cfg.split!r} holds no clips")
+    return ShardSet(
+        urls=[str(folder / s["file"]) for s in shards],
+        counts=[s["count"] for s in shards],
+        classes=list(manifest.get("classes", [])),
+        multi_label=bool(manifest.get("multi_label", False)),
+        sample_rate=int(entry.get("sample_rate", manifest.get("sample_rate"))),
+        weight=cfg.weight,
+        name=f"{folder.name}/{cfg.split}",
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Pipeline stages (pure generators; composed with wds.DataPipeline)
+
+
+class _Counter:
+    """Per-worker count of skipped samples, with a warning for each."""
+
+    def __init__(self) -> None:
+        self.corrupt = 0
+
+    def skip(self, what: str, exc: BaseException) -> bool:
+        self.corrupt += 1
+        log.warning("skipping %s: %s: %s", what, type(exc).__name__, exc)
+        return True  # tells WebDataset's handler protocol to continue
+
+
+def _resampled_urls(urls: Sequence[str], rng: random.Random) -> Iterator[dict[str, str]]:
+    """Shards drawn with replacement, forever (the ``resampled=True`` stage with our own RNG)."""
+    while True:
+        yield {"url": urls[rng.randrange(len(urls))]}
+
+
+def _shuffle(samples: Iterator[dict], bufsize: int, rng: random.Random) -> Iterator[dict]:
+    """Reservoir shuffle with an explicit RNG (``wds.shuffle`` semantics, deterministic)."""
+    buf: list[dict] = []
+    for sample in samples:
+        if len(buf) < bufsize:
+            buf.append(sample)
+            continue
+        i = rng.randrange(bufsize)
+        buf[i], sample = sample, buf[i]
+        yield sample
+    rng.shuffle(buf)
+    yield from buf
+
+
+def _mix(streams: list[Iterator[dict]], weights: list[float], rng: random.Random) -> Iterator[dict]:
+    """Interleave endless streams, drawing the source of every sample by weight."""
+    if len(streams) == 1:
+        yield from streams[0]
+        return
+    while True:
+        (i,) = rng.choices(range(len(streams)), weights=weights)
+        yield next(streams[i])
+
+
+def _fit(x: np.ndarray, n: int, offset: int) -> np.ndarray:
+    """Crop ``x`` to ``n`` samples from ``offset``, or zero-pad its tail."""
+    if len(x) >= n:
+        return x[offset : offset + n]
+    return np.pad(x, (0, n - len(x)))
+
+
+def _labels(meta: dict, s: ShardSet, classes: list[str]) -> Any:
+    if s.classes != classes:
+        return None  # a set with another class list contributes no labels
+    if s.multi_label:
+        return meta.get("label_indices") or []
+    index = meta.get("label_index")
+    return -1 if index is None else int(index)
+
+
+def _collate(rows: list[tuple], num_classes: int, multi_label: bool, corrupt: int, valid: list[bool] | None = None):
+    wave = torch.from_numpy(np.stack([r[0] for r in rows]))
+    if multi_label:
+        label = torch.zeros(len(rows), num_classes)
+        for i, r in enumerate(rows):
+            if r[1]:
+                label[i, r[1]] = 1.0
+    else:
+        label = torch.tensor([-1 if r[1] is None else r[1] for r in rows], dtype=torch.long)
+    valid_t = torch.ones(len(rows), dtype=torch.bool) if valid is None else torch.tensor(valid)
+    return Batch(wave, label, valid_t, [r[2] for r in rows], [r[3] for r in rows], corrupt)
+
+
+def _decode(sample: dict, counter: _Counter) -> tuple[np.ndarray, dict] | None:
+    try:
+        x, rate = decode_flac(sample["flac"])
+        meta = json.loads(sample["json"])
+        if not np.isfinite(x).all() or x.size == 0:
+            raise ValueError("empty or non-finite audio")
+        return x, meta
+    except Exception as e:  # noqa: BLE001 - any damage to one sample is skipped, never fatal
+        counter.skip(f"{sample.get('__url__')}:{sample.get('__key__')}", e)
+        return None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Training stream
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0])
+
+
+class TrainStream(IterableDataset):
+    """The endless training stream of one rank (see the module docstring). Yields :class:`Batch` objects."""
+
+    def __init__(self, sets: list[ShardSet], cfg: StreamConfig, rank: int = 0, start_step: int = 0):
+        super().__init__()
+        if not sets:
+            raise BadInput("data: no shard set given for training")
+        for s in sets:
+            if s.sample_rate != cfg.sample_rate:
+                raise BadInput(f"{s.name}: shards are at {s.sample_rate} Hz but data.sample_rate is {cfg.sample_rate}")
+        self.sets, self.cfg, self.rank, self.start_step = sets, cfg, rank, start_step
+        self.classes = sets[0].classes
+        self.multi_label = sets[0].multi_label
+        self.clip_samples = int(round(cfg.clip_seconds * cfg.sample_rate))
+
+    def _slot_samples(self, slot: int, segment: int, counter: _Counter) -> Iterator[tuple[dict, ShardSet]]:
+        """The shuffled, mixed (undecoded) samples of one slot's segment."""
+        rng = random.Random(_seed(self.cfg.seed, self.rank, slot, segment))
+        streams = []
+        for k, s in enumerate(self.sets):
+            set_rng = random.Random(_seed(self.cfg.seed, self.rank, slot, segment, k + 1))
+            pipeline = wds.DataPipeline(
+                functools.partial(_resampled_urls, s.urls, set_rng),  # shards with replacement: no rank ever runs dry
+                wds.tarfile_to_samples(handler=lambda e: counter.skip("shard", e)),  # tar -> samples; bad tar ends
+                lambda it, r=set_rng: _shuffle(it, self.cfg.shuffle_buffer, r),  # sample-level shuffle buffer
+                lambda it, s=s: ((x, s) for x in it),  # remember which set a sample came from
+            )
+            streams.append(iter(pipeline))
+        return _mix(streams, [s.weight for s in self.sets], rng)  # weighted mixture of the sets
+
+    def _slot_batches(self, slot: int, first_batch: int) -> Iterator[Batch]:
+        """Batches ``first_batch, first_batch + 1, ...`` of one slot."""
+        cfg, b = self.cfg, self.cfg.batch_size
+        counter = _Counter()
+        num_classes = len(self.classes)
+        segment, within = divmod(first_batch, cfg.segment_batches)
+        while True:
+            samples = self._slot_samples(slot, segment, counter)
+            for _ in range(within * b):  # resume mid-segment: replay without decoding
+                next(samples)
+            for batch_index in range(within, cfg.segment_batches):
+                rows = []
+                n = 0
+                while len(rows) < b:
+                    sample, s = next(samples)
+                    n += 1
+                    decoded = _decode(sample, counter)
+                    if decoded is None:
+                        continue
+                    x, meta = decoded
+                    meta["shard_set"] = s.name
+                    crop_rng = np.random.default_rng(_seed(cfg.seed, self.rank, slot, segment, batch_index, n))
+                    offset = int(crop_rng.integers(0, len(x) - self.clip_samples + 1)) if len(x) > self.clip_samples else 0
+                    rows.append((_fit(x, self.clip_samples, offset), _labels(meta, s, self.classes), sample["__key__"], meta))
+                yield _collate(rows, num_classes, self.multi_label, counter.corrupt)
+            segment, within = segment + 1, 0
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        slot = (self.start_step + worker) % workers
+        return self._slot_batches(slot, (self.start_step + worker) // workers)
+
+
+def train_loader(sets: list[ShardSetConfig] | list[ShardSet], cfg: StreamConfig, *, rank: int = 0,
+                 start_step: int = 0, pin_memory: bool = False) -> Iterator[Batch]:
+    """An endless iterator of this rank's training batches, continuing at ``start_step``."""
+    resolved = [s if isinstance(s, ShardSet) else open_shard_set(s) for s in sets]
+    dataset = TrainStream(resolved, cfg, rank=rank, start_step=start_step)
+    if cfg.num_workers == 0:
+        return iter(dataset)
+    loader = DataLoader(dataset, batch_size=None, num_workers=cfg.num_workers, pin_memory=pin_memory,
+                        persistent_workers=False, prefetch_factor=4)
+    return iter(loader)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Exact evaluation pass
+
+
+def _ranges(total: int, parts: int) -> list[tuple[int, int]]:
+    return [(p * total // parts, (p + 1) * total // parts) for p in range(parts)]
+
+
+class _EvalSamples(IterableDataset):
+    """Decoded samples with global indices in ``[start, stop)``, split between DataLoader workers."""
+
+    def __init__(self, s: ShardSet, start: int, stop: int, clip_samples: int):
+        super().__init__()
+        self.s, self.start, self.stop, self.clip_samples = s, start, stop, clip_samples
+
+    def __iter__(self):
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        lo, hi = _ranges(self.stop - self.start, workers)[worker]
+        lo, hi = lo + self.start, hi + self.start
+        counter = _Counter()
+        first = 0  # global index of the first clip of the current shard
+        for url, count in zip(self.s.urls, self.s.counts):
+            if first + count <= lo or first >= hi:
+                first += count
+                continue
+            index = first
+            for sample in wds.tarfile_to_samples(handler=lambda e: counter.skip(url, e))([{"url": url}]):
+                if lo <= index < hi:
+                    decoded = _decode(sample, counter)
+                    if decoded is None:
+                        # keep the row (as invalid) so that counts stay exact and the clip is reported
+                        yield (np.zeros(self.clip_samples, np.float32), None, sample.get("__key__"), {}, False, index)
+                    else:
+                        x, meta = decoded
+                        yield (_fit(x, self.clip_samples, 0), _labels(meta, self.s, self.s.classes),
+                               sample["__key__"], meta, True, index)
+                index += 1
+            first += count
+
+
+def eval_batches(s: ShardSet | ShardSetConfig, cfg: StreamConfig, *, rank: int = 0, world: int = 1,
+                 num_workers: int | None = None) -> Iterator[Batch]:
+    """This rank's share of one exact pass: ``ceil(ceil(N / world) / batch)`` batches on every rank."""
+    s = s if isinstance(s, ShardSet) else open_shard_set(s)
+    if s.sample_rate != cfg.sample_rate:
+        raise BadInput(f"{s.name}: shards are at {s.sample_rate} Hz but data.sample_rate is {cfg.sample_rate}")
+    clip_samples = int(round(cfg.clip_seconds * cfg.sample_rate))
+    start, stop = _ranges(s.num_clips, world)[rank]
+    per_rank = math.ceil(s.num_clips / world)
+    n_batches = math.ceil(per_rank / cfg.batch_size)
+    workers = cfg.num_workers if num_workers is None else num_workers
+    dataset = _EvalSamples(s, start, stop, clip_samples)
+    samples = iter(dataset) if workers == 0 else iter(DataLoader(dataset, batch_size=None, num_workers=workers))
+    num_classes = len(s.classes)
+    pad = (np.zeros(clip_samples, np.float32), [] if s.multi_label else -1, "", {}, False, -1)
+    produced = 0
+    for _ in range(n_batches):
+        rows = []
+        for _ in range(cfg.batch_size):
+            row = next(samples, None)
+            rows.append(pad if row is None else row)
+        produced += sum(1 for r in rows if r[5] >= 0)
+        yield _collate([r[:4] for r in rows], num_classes, s.multi_label, 0, [bool(r[4]) for r in rows])
+    if produced != stop - start:  # a truncated shard: the pass is no longer exact, say so loudly
+        log.error("%s: rank %d read %d clips, expected %d (a shard is damaged)", s.name, rank, produced, stop - start)
+
+
+__all__ = [
+    "Batch", "ShardSet", "ShardSetConfig", "StreamConfig", "TrainStream", "eval_batches", "open_shard_set",
+    "train_loader",
+]

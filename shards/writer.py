@@ -1,0 +1,335 @@
+"""Clips -> WebDataset shards: deterministic, parallel, resumable, and never half-visible.
+
+A split's clip list (in the source's fixed order) is cut into consecutive chunks of ``shard_size`` clips; chunk ``i``
+becomes ``{split}-{i:06d}.tar``. Because the assignment depends only on the list, shards can be built by any number of
+worker processes in any order, and an interrupted build (even ``kill -9``) resumes by building only the chunks whose
+record is missing:
+
+1. the tar is written to ``.partial/`` and fsynced,
+2. its record (keys written, skipped inputs, label counts, seconds) is written to ``.partial/`` and fsynced,
+3. the tar is renamed to its final name, then the record to ``.build/``.
+
+A shard counts as done exactly when its record exists in ``.build/`` (a final tar without a record is rebuilt, with
+the same bytes). ``manifest.json`` is written last, atomically, so a manifest means a complete build.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import multiprocessing as mp
+
+from shards import audio
+from shards.clip import Clip, Corpus
+from shards.errors import BadInput
+
+MANIFEST = "manifest.json"
+FORMAT = "tessera-shards/1"
+# A fixed member mtime makes tars byte-identical across rebuilds (TarWriter would stamp time.time() otherwise).
+_MTIME = 1_600_000_000
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How clips are written; recorded in the manifest and checked when a build resumes."""
+
+    sample_rate: int = 16000
+    """Every clip is resampled once to this rate (Hz)."""
+    shard_size: int = 1000
+    """Clips per shard (the last shard of a split holds the rest)."""
+    workers: int = 1
+    """Worker processes encoding shards in parallel (does not change the output)."""
+    flac_subtype: str = "PCM_16"
+    """FLAC sample format: PCM_16 or PCM_24."""
+
+    def signature(self) -> dict[str, Any]:
+        """What must match for a build to resume (``workers`` does not change any byte)."""
+        return {"sample_rate": self.sample_rate, "shard_size": self.shard_size, "flac_subtype": self.flac_subtype}
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:06d}.tar"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# One shard (runs in a worker process)
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    corpus: str
+    classes: tuple[str, ...]
+    multi_label: bool
+    split: str
+    index: int
+    clips: tuple[Clip, ...]
+    out: str
+    root: str | None
+    options: BuildOptions
+
+
+def _sample(task: ShardTask, clip: Clip, class_index: dict[str, int]) -> tuple[dict[str, bytes], float]:
+    """Decode/render, resample, check and encode one clip; raises :class:`audio.UnusableAudio` for bad audio."""
+    rate = task.options.sample_rate
+    if clip.meta.get("missing"):
+        raise audio.UnusableAudio(f"missing: {clip.meta['missing']}")
+    if clip.render is not None:
+        x, orig = clip.render()
+        x = audio.to_mono(x) if x.ndim == 2 else x
+        audio.check(x)
+        x = audio.resample(x, orig, rate)
+    else:
+        x, orig = audio.load_mono(clip.path, rate)
+    seconds = len(x) / rate
+    meta = {k: v for k, v in clip.meta.items() if k != "missing"}
+    source_path = None
+    if clip.path is not None:
+        p = Path(clip.path)
+        source_path = str(p.relative_to(task.root)) if task.root and p.is_relative_to(task.root) else str(p)
+    info: dict[str, Any] = {
+        "dataset": task.corpus,
+        "split": task.split,
+        **meta,
+        "original_sample_rate": orig,
+        "sample_rate": rate,
+        "duration": round(seconds, 6),
+        "source_path": source_path,
+    }
+    indices = [class_index[name] for name in clip.labels]
+    sample = {"__key__": clip.key, "flac": audio.encode_flac(x, rate, task.options.flac_subtype)}
+    if task.multi_label:
+        info.update(labels=list(clip.labels), label_indices=indices)
+    else:
+        info.update(label=clip.labels[0] if clip.labels else None, label_index=indices[0] if indices else None)
+        if indices:
+            sample["cls"] = str(indices[0]).encode()
+    sample["json"] = json.dumps(info, sort_keys=True, ensure_ascii=False, default=str).encode()
+    return sample, seconds
+
+
+def _fsync_write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+_progress_counter = None  # a shared mp.Value in worker processes (set by the pool initializer)
+
+
+def _init_worker(counter) -> None:
+    global _progress_counter
+    _progress_counter = counter
+    import torch
+
+    torch.set_num_threads(1)  # one process per core; resampling must not oversubscribe
+
+
+def write_shard(task: ShardTask) -> dict[str, Any]:
+    """Write one shard and its record; returns the record."""
+    import webdataset as wds
+
+    out = Path(task.out)
+    name = shard_name(task.split, task.index)
+    partial = out / ".partial"
+    tar_tmp, rec_tmp = partial / name, partial / (name + ".json")
+    class_index = {c: i for i, c in enumerate(task.classes)}
+    written: list[str] = []
+    skipped: list[dict[str, str]] = []
+    labels: dict[str, int] = {}
+    seconds = 0.0
+    with open(tar_tmp, "wb") as f:
+        with wds.TarWriter(f, encoder=False, mtime=_MTIME, user="tessera", group="tessera") as sink:
+            for clip in task.clips:
+                try:
+                    sample, secs = _sample(task, clip, class_index)
+                except audio.UnusableAudio as e:
+                    skipped.append({"key": clip.key, "path": str(clip.path) if clip.path else None, "reason": str(e)})
+                else:
+                    sink.write(sample)
+                    written.append(clip.key)
+                    seconds += secs
+                    for name_ in clip.labels:
+                        labels[name_] = labels.get(name_, 0) + 1
+                if _progress_counter is not None:
+                    with _progress_counter.get_lock():
+                        _progress_counter.value += 1
+        f.flush()
+        os.fsync(f.fileno())
+    record = {
+        "file": name if written else None,
+        "index": task.index,
+        "expected_keys": hashlib.sha1("\n".join(c.key for c in task.clips).encode()).hexdigest(),
+        "count": len(written),
+        "seconds": round(seconds, 3),
+        "labels": dict(sorted(labels.items())),
+        "skipped": skipped,
+    }
+    _fsync_write(rec_tmp, json.dumps(record, sort_keys=True).encode())
+    if written:
+        os.replace(tar_tmp, out / name)
+    else:
+        tar_tmp.unlink()  # an empty tar would only trip readers' empty-shard checks
+    os.replace(rec_tmp, out / ".build" / (name + ".json"))
+    return record
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# A whole build
+
+
+def _check_keys(split: str, clips: Sequence[Clip]) -> None:
+    seen: set[str] = set()
+    for clip in clips:
+        if "." in clip.key or not clip.key:
+            raise BadInput(f"{split}: clip key {clip.key!r} (from {clip.path}) is empty or contains a dot")
+        if clip.key in seen:
+            raise BadInput(f"{split}: duplicate clip key {clip.key!r} (from {clip.path}); keys must be unique")
+        seen.add(clip.key)
+
+
+def _check_signature(out: Path, signature: dict[str, Any]) -> None:
+    """Refuse to mix shards built with other arguments into ``out`` (nothing already written is touched)."""
+    path = out / ".build" / "args.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != signature:
+            diff = ", ".join(f"{k}: {old.get(k)!r} -> {signature.get(k)!r}" for k in signature if old.get(k) != signature.get(k))
+            raise BadInput(f"{out}: already holds shards built with other arguments ({diff}); use another --out")
+    else:
+        _fsync_write(path, json.dumps(signature, sort_keys=True, indent=1).encode())
+
+
+def build(
+    corpus: Corpus,
+    out: Path,
+    splits: Sequence[str],
+    options: BuildOptions,
+    *,
+    root: Path | None,
+    source_args: dict[str, Any],
+    console=None,
+) -> dict[str, Any]:
+    """Build (or resume) ``splits`` of ``corpus`` into ``out`` and write the manifest. Returns the manifest."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = console or Console(stderr=True)
+    unknown = [s for s in splits if s not in corpus.splits]
+    if unknown:
+        raise BadInput(f"{corpus.name}: unknown split {unknown[0]!r}; this source has {', '.join(corpus.splits)}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ".build").mkdir(exist_ok=True)
+    (out / ".partial").mkdir(exist_ok=True)
+    signature = {"source": corpus.name, "root": str(root) if root else None, **options.signature(), "source_args": source_args}
+    _check_signature(out, signature)
+
+    tasks: list[ShardTask] = []
+    done: dict[tuple[str, int], dict[str, Any]] = {}
+    clip_counts: dict[str, int] = {}
+    for split in splits:
+        clips = list(corpus.splits[split]())
+        _check_keys(split, clips)
+        clip_counts[split] = len(clips)
+        for i in range(0, max(len(clips), 1), options.shard_size):
+            chunk = tuple(clips[i : i + options.shard_size])
+            if not chunk:
+                continue
+            index = i // options.shard_size
+            rec_path = out / ".build" / (shard_name(split, index) + ".json")
+            if rec_path.exists():
+                record = json.loads(rec_path.read_text())
+                expected = hashlib.sha1("\n".join(c.key for c in chunk).encode()).hexdigest()
+                if record["expected_keys"] != expected:
+                    raise BadInput(f"{rec_path}: the clips of this shard changed since it was built; use another --out")
+                done[(split, index)] = record
+                continue
+            tasks.append(ShardTask(corpus.name, tuple(corpus.classes), corpus.multi_label, split, index, chunk,
+                                   str(out), str(root) if root else None, options))
+
+    total = sum(len(t.clips) for t in tasks)
+    resumed = sum(r["count"] + len(r["skipped"]) for r in done.values())
+    if resumed:
+        console.print(f"[bold]resuming[/]: {len(done)} shards ({resumed} clips) already built in {out}")
+    ctx = mp.get_context("fork")
+    counter = ctx.Value("q", 0)
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("clips"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task(f"{corpus.name} -> {out.name}", total=total)
+        stop = threading.Event()
+
+        def poll() -> None:
+            while not stop.wait(0.2):
+                progress.update(bar, completed=counter.value)
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        try:
+            if options.workers <= 1:
+                _init_worker(counter)
+                for task in tasks:
+                    done[(task.split, task.index)] = write_shard(task)
+            else:
+                with ProcessPoolExecutor(options.workers, mp_context=ctx, initializer=_init_worker,
+                                         initargs=(counter,)) as pool:
+                    futures = {pool.submit(write_shard, t): t for t in tasks}
+                    for fut in as_completed(futures):
+                        t = futures[fut]
+                        done[(t.split, t.index)] = fut.result()
+        finally:
+            stop.set()
+            poller.join()
+            progress.update(bar, completed=counter.value)
+
+    manifest = _merge_manifest(out, corpus, splits, done, options, signature, clip_counts)
+    _fsync_write(out / (MANIFEST + ".tmp"), json.dumps(manifest, indent=1, ensure_ascii=False).encode())
+    os.replace(out / (MANIFEST + ".tmp"), out / MANIFEST)
+    return manifest
+
+
+def _merge_manifest(out, corpus, splits, done, options, signature, clip_counts) -> dict[str, Any]:
+    """The manifest: the splits just built plus those of an earlier build into the same folder."""
+    path = out / MANIFEST
+    manifest = json.loads(path.read_text()) if path.exists() else {}
+    manifest.update(
+        format=FORMAT,
+        source=corpus.name,
+        classes=list(corpus.classes),
+        multi_label=corpus.multi_label,
+        sample_rate=options.sample_rate,
+        build_args=signature,
+        info=corpus.info,
+    )
+    manifest.setdefault("splits", {})
+    for split in splits:
+        records = sorted((r for (s, _), r in done.items() if s == split), key=lambda r: r["index"])
+        histogram: dict[str, int] = {}
+        for r in records:
+            for k, v in r["labels"].items():
+                histogram[k] = histogram.get(k, 0) + v
+        seconds = sum(r["seconds"] for r in records)
+        manifest["splits"][split] = {
+            "shards": [{"file": r["file"], "count": r["count"], "seconds": r["seconds"]} for r in records if r["file"]],
+            "count": sum(r["count"] for r in records),
+            "listed": clip_counts[split],
+            "hours": round(seconds / 3600, 4),
+            "label_histogram": {c: histogram[c] for c in corpus.classes if c in histogram},
+            "classes": list(corpus.classes),
+            "sample_rate": options.sample_rate,
+            "skipped": [s for r in records for s in r["skipped"]],
+            "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+    return manifest
+
+
+def asdict(options: BuildOptions) -> dict[str, Any]:
+    return dataclasses.asdict(options)
