@@ -124,7 +124,9 @@ class WindowAttention(nn.Module):
     def position_bias(self) -> torch.Tensor:
         """[heads, L, L] bias from ``meta_mlp`` (``_relative_positional_encodings``)."""
         L = self.window[0] * self.window[1]
-        return self.meta_mlp(self.relative_coordinates_log).transpose(0, 1).reshape(self.heads, L, L)
+        # DeepSpeed's ZeRO-3 casts parameters, not buffers, to bf16/fp16: follow the weights' dtype
+        coords = self.relative_coordinates_log.to(self.meta_mlp.fc1.weight.dtype)
+        return self.meta_mlp(coords).transpose(0, 1).reshape(self.heads, L, L)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """x: [B * nW, L, C] (batch-major windows); mask: [nW, L, L] additive or None -> [B * nW, L, C]."""

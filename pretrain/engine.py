@@ -1,0 +1,108 @@
+"""The only place that talks to DeepSpeed: its config dict from our typed config, and the engine.
+
+No hand-kept ds_config.json: :func:`deepspeed_config` derives it, so the batch arithmetic is checked in one place
+(``train_batch_size == micro * accum * world``, as torchtitan checks its parallel degrees).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from pretrain.config import DeepSpeedConfig, OptimConfig
+
+
+def deepspeed_config(ds: DeepSpeedConfig, optim: OptimConfig, micro_batch: int, world: int) -> dict[str, Any]:
+    """The DeepSpeed config dict for ``micro_batch`` clips per rank on ``world`` ranks."""
+    train_batch = micro_batch * ds.grad_accum * world
+    assert train_batch == micro_batch * ds.grad_accum * world, (
+        f"train_batch_size {train_batch} != micro {micro_batch} x accum {ds.grad_accum} x world {world}")
+    zero: dict[str, Any] = {"stage": ds.zero_stage}
+    if ds.zero_stage >= 2:
+        zero.update(overlap_comm=torch.cuda.is_available(), contiguous_gradients=True, reduce_scatter=True)
+    if ds.zero_stage == 3:
+        # ViT blocks are small: keep parameters under 1M elements resident instead of gathering them one by one
+        # (the "too many all_gathers" overhead of DeepSpeed#5047).
+        zero.update(stage3_param_persistence_threshold=1_000_000, stage3_gather_16bit_weights_on_model_save=True)
+    config: dict[str, Any] = {
+        "train_batch_size": train_batch,
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": ds.grad_accum,
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,  # torch.optim.AdamW (fused on GPU, plain on CPU)
+        "gradient_clipping": optim.clip_grad,
+        "steps_per_print": 10**9,  # we log ourselves
+        "wall_clock_breakdown": False,
+    }
+    if ds.precision == "bf16":
+        config["bf16"] = {"enabled": True}
+    elif ds.precision == "fp16":
+        config["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
+                          "hysteresis": 2, "min_loss_scale": 1}
+    return config
+
+
+def param_groups(model: nn.Module, weight_decay: float, no_decay: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """Two groups as MAE pretraining builds them (timm 0.3.2 ``add_weight_decay``): no decay on 1-D parameters (norms,
+    ``tau``) and biases; tokens and learned positions are decayed unless named in ``no_decay`` (substring match, as
+    fine-tuning's ``no_weight_decay()`` list: pos_embed, cls tokens)."""
+    skip = tuple(no_decay)
+    decay, plain = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim <= 1 or name.endswith(".bias") or any(s in name for s in skip):
+            plain.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+
+
+def lr_lambda(optim: OptimConfig, total_steps: int) -> Callable[[int], float]:
+    """Multiplier of the peak LR at optimizer step ``s``: linear warm-up, then half-cycle cosine to ``min_lr``."""
+    warmup = max(0, optim.warmup_steps)
+    floor = optim.min_lr / optim.lr if optim.lr > 0 else 0.0
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if optim.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+@dataclass
+class Engine:
+    """The DeepSpeed engine and what the loop needs next to it."""
+
+    engine: Any
+    optimizer: Any
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    peak_lr: float
+    config: dict[str, Any]
+
+    @property
+    def module(self) -> nn.Module:
+        return self.engine.module
+
+
+def build_engine(model: nn.Module, ds: DeepSpeedConfig, optim: OptimConfig, *, micro_batch: int, world: int,
+                 total_steps: int, no_decay: Iterable[str] = ()) -> Engine:
+    """Wrap ``model`` in a DeepSpeed engine with AdamW and the warm-up/cosine schedule."""
+    import deepspeed
+
+    config = deepspeed_config(ds, optim, micro_batch, world)
+    peak = optim.lr * (config["train_batch_size"] / 256 if optim.lr_batch_scale else 1.0)
+    fused = torch.cuda.is_available()  # torch's fused AdamW kernel on GPU; the foreach path on CPU
+    optimizer = torch.optim.AdamW(param_groups(model, optim.weight_decay, no_decay), lr=peak, betas=tuple(optim.betas),
+                                  eps=optim.eps, fused=fused)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(optim, total_steps))
+    engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                                           config=config)
+    return Engine(engine, optimizer, scheduler, peak, config)

@@ -1,0 +1,62 @@
+"""The embedded default data: the synthetic acoustic-scene corpus, built into shards on first use."""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from shards.writer import MANIFEST, BuildOptions, build
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SyntheticDataConfig:
+    """The synthetic corpus used when no shard set is given."""
+
+    root: str = "runs/data"
+    """Folder under which ``synthetic-<hash>/`` shard sets are built (made absolute at launch)."""
+    seed: int = 0
+    """Corpus seed (the same seed gives the same clips on any machine)."""
+    labelled: int = 2000
+    """Clips in the labelled split (balanced over scenes)."""
+    unlabelled: int = 6000
+    """Clips in the unlabelled split (pretraining and pseudo-labelling; true labels kept in the metadata only)."""
+    val: int = 400
+    """Clips in the validation split."""
+    test: int = 800
+    """Clips in the test split (includes devices and cities never seen in training)."""
+    duration: float = 1.0
+    """Clip length in seconds."""
+
+
+def synthetic_dir(cfg: SyntheticDataConfig, sample_rate: int) -> Path:
+    """Where the shards of this corpus configuration live (a hash of the configuration names the folder)."""
+    key = json.dumps({**asdict(cfg), "root": None, "sample_rate": sample_rate}, sort_keys=True)
+    return Path(cfg.root).resolve() / f"synthetic-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+
+
+def ensure_synthetic(cfg: SyntheticDataConfig, sample_rate: int, workers: int = 2, console=None) -> Path:
+    """Build the synthetic shards unless a complete build exists; returns the folder. Safe to call concurrently."""
+    from shards.sources import synthetic
+
+    out = synthetic_dir(cfg, sample_rate)
+    if (out / MANIFEST).exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building it right now: wait, then reuse
+        if not (out / MANIFEST).exists():
+            log.info("building the synthetic corpus into %s (first use)", out)
+            args = argparse.Namespace(source="synthetic", seed=cfg.seed, labelled=cfg.labelled,
+                                      unlabelled=cfg.unlabelled, val=cfg.val, test=cfg.test, duration=cfg.duration,
+                                      sample_rate=sample_rate)
+            corpus = synthetic.load(None, args)
+            build(corpus, out, list(corpus.splits), BuildOptions(sample_rate=sample_rate, shard_size=500,
+                                                                  workers=workers),
+                  root=None, source_args={k: v for k, v in vars(args).items() if k != "sample_rate"}, console=console)
+    return out

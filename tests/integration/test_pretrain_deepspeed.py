@@ -1,0 +1,74 @@
+"""The real pretraining loop: 2 gloo processes, DeepSpeed ZeRO-2/3, real shards; resume and damaged checkpoints."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+import torch
+
+from tests.integration.conftest import read_metrics, start_ranks, tiny_overrides, wait_ok
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("method,stage,precision", [("ssast", 2, "fp32"), ("audiomae", 3, "bf16")])
+def test_two_ranks_train_and_loss_decreases(tmp_path, tone_shards, method, stage, precision):
+    run = tmp_path / "run"
+    overrides = tiny_overrides(method, tone_shards, run, steps=12,
+                               extra=[f"deepspeed.zero_stage={stage}", f"deepspeed.precision={precision}"])
+    wait_ok(start_ranks(2, overrides, tmp_path / "logs"), tmp_path / "logs")
+    metrics = read_metrics(run)
+    assert [m["step"] for m in metrics] == list(range(1, 13))
+    first, last = sum(m["loss"] for m in metrics[:3]) / 3, sum(m["loss"] for m in metrics[-3:]) / 3
+    assert last < first, f"loss did not decrease: {first:.4f} -> {last:.4f}"
+    assert (run / "checkpoints" / "step_00000012" / "COMPLETE").exists()
+    assert len([p for p in (run / "checkpoints").iterdir() if p.is_dir()]) == 2  # keep_last
+    exported = torch.load(run / "encoder.pt", weights_only=False)
+    assert exported["format"] == "tessera-encoder/1" and exported["method"] == method
+    assert any(k.startswith("blocks.1.") for k in exported["state_dict"])
+
+
+def test_kill_mid_run_then_resume_matches_uninterrupted_losses(tmp_path, tone_shards):
+    steps = 9
+    ref = tmp_path / "ref"
+    wait_ok(start_ranks(2, tiny_overrides("ssast", tone_shards, ref, steps), tmp_path / "l1"), tmp_path / "l1")
+    expected = {m["step"]: m["loss"] for m in read_metrics(ref)}
+
+    run = tmp_path / "run"
+    overrides = tiny_overrides("ssast", tone_shards, run, steps, extra=["checkpoint.keep_last=5"])
+    procs = start_ranks(2, overrides, tmp_path / "l2")
+    deadline = time.time() + 240
+    while time.time() < deadline:  # kill both ranks once step 3 is checkpointed and step 5 has run
+        done = (run / "checkpoints" / "step_00000003" / "COMPLETE").exists()
+        if done and (run / "metrics.jsonl").exists() and len(read_metrics(run)) >= 5:
+            break
+        time.sleep(0.05)
+    for p in procs:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    killed_at = len(read_metrics(run))
+    assert killed_at < steps, "the run finished before it could be killed"
+
+    wait_ok(start_ranks(2, overrides, tmp_path / "l3"), tmp_path / "l3")
+    log = (tmp_path / "l3" / "rank0.log").read_text()
+    assert "resumed from" in log
+    metrics = read_metrics(run)
+    assert [m["step"] for m in metrics] == list(range(1, steps + 1))  # each step logged once
+    for m in metrics:
+        assert m["loss"] == pytest.approx(expected[m["step"]], rel=1e-5, abs=1e-6), m["step"]
+
+
+def test_damaged_checkpoint_is_refused_and_the_previous_one_used(tmp_path, tone_shards):
+    run = tmp_path / "run"
+    overrides = tiny_overrides("ssast", tone_shards, run, 6, extra=["checkpoint.keep_last=3"])
+    wait_ok(start_ranks(1, overrides, tmp_path / "l1"), tmp_path / "l1")
+    newest = run / "checkpoints" / "step_00000006"
+    for f in newest.rglob("*model_states.pt"):
+        f.write_bytes(f.read_bytes()[:100])  # truncate the model file of the newest checkpoint
+    longer = [o if not o.startswith("steps=") else "steps=8" for o in overrides]
+    wait_ok(start_ranks(1, longer, tmp_path / "l2"), tmp_path / "l2")
+    log = (tmp_path / "l2" / "rank0.log").read_text()
+    assert "step_00000006 cannot be loaded" in log and "resumed from" in log and "at step 3" in log
+    assert [m["step"] for m in read_metrics(run)][-5:] == [4, 5, 6, 7, 8]
