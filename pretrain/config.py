@@ -196,7 +196,11 @@ def load_pretrain_config(argv: Sequence[str] = ()) -> PretrainConfig:
 
 
 def to_yaml(cfg: Any) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    """The resolved config as YAML; a pretraining config shows only the model subtree of its method."""
+    tree = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    if isinstance(cfg, PretrainConfig):
+        tree.pop("audiomae" if cfg.method == "ssast" else "ssast")
+    return OmegaConf.to_yaml(tree)
 
 
 def config_hash(cfg: Any, ignore: Sequence[str] = ("run_dir", "checkpoint", "log")) -> str:

@@ -8,9 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from tests.fixtures.tiny_corpus import build_tiny
+from tests.fixtures.pretrain_runs import read_metrics, tiny_overrides  # noqa: F401 (re-exported for tests)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,28 +43,3 @@ def wait_ok(procs: list[subprocess.Popen], log_dir: Path, timeout: float = 300) 
                 q.kill()
             raise AssertionError(f"rank {rank} hung:\n{(log_dir / f'rank{rank}.log').read_text()[-3000:]}")
         assert code == 0, f"rank {rank} exited {code}:\n{(log_dir / f'rank{rank}.log').read_text()[-3000:]}"
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture(scope="session")
-def tone_shards(tmp_path_factory) -> Path:
-    """A small labelled shard set of 0.5 s tones (no dependency on the synthetic corpus)."""
-    out = tmp_path_factory.mktemp("tones")
-    build_tiny(out, n=64, shard_size=8, seconds=0.5)
-    return out
-
-
-def tiny_overrides(method: str, shards: Path, run_dir: Path, steps: int, extra: list[str] = ()) -> list[str]:
-    """A very small model and short steps, so a 2-process run takes seconds on 2 cores."""
-    common = [f"method={method}", f"run_dir={run_dir}", f"steps={steps}", "seed=3",
-              f"data.train=[{{path: {shards}, split: train}}]", "data.stream.clip_seconds=0.5",
-              "data.stream.batch_size=4", "data.stream.num_workers=0", "data.stream.shuffle_buffer=16",
-              "data.features.target_frames=48", "log.every_steps=1", "log.progress=false",
-              "optim.warmup_steps=2", "optim.lr=1e-3", "checkpoint.every_steps=3"]
-    model = {"ssast": ["ssast.encoder.depth=2", "ssast.mask_patches=16"],
-             "audiomae": ["audiomae.encoder.depth=2", "audiomae.decoder_depth=2", "audiomae.decoder_dim=64",
-                          "audiomae.decoder_heads=2"]}[method]
-    return common + model + list(extra)

@@ -8,7 +8,8 @@ import time
 import pytest
 import torch
 
-from tests.integration.conftest import read_metrics, start_ranks, tiny_overrides, wait_ok
+from tests.fixtures.pretrain_runs import read_metrics, tiny_overrides
+from tests.integration.conftest import start_ranks, wait_ok
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,25 @@
+"""The commands the launcher knows: how each reads its config and what each task runs."""
+from __future__ import annotations
+
+from launch.submit import Entry
+
+
+def _pretrain_config(argv):
+    from pretrain.config import load_pretrain_config
+
+    return load_pretrain_config(argv)
+
+
+def _pretrain_run_dir(cfg):
+    from pretrain.train import resolve_run_dir
+
+    return resolve_run_dir(cfg)
+
+
+def _pretrain_prepare(cfg):
+    from pretrain.train import resolve_data
+
+    resolve_data(cfg)  # builds the synthetic corpus on the submitting machine, once, when no data is given
+
+
+PRETRAIN = Entry("pretrain", _pretrain_config, _pretrain_run_dir, "pretrain.train:run", _pretrain_prepare)

@@ -1,0 +1,189 @@
+"""Submit a job to SLURM (or run it locally) through submitit: cluster flags here, everything else is config.
+
+``python launch/pretrain.py [--nodes N] [--gpus-per-node G] ... [key=value ...]``. The ``key=value`` overrides are
+merged and validated against the config schema on the login node, before anything is queued; the run folder is named
+by a hash of the config, so submitting the same config again resumes the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from shards.errors import BadInput
+
+CLUSTERS = ("slurm", "local", "debug")
+
+
+@dataclass
+class Entry:
+    """One command: how to read its config, where its run folder is, what each task runs."""
+
+    name: str
+    load_config: Callable[[list[str]], Any]
+    run_dir: Callable[[Any], Path]
+    target: str
+    """``module:function`` called as ``function(cfg, stop=event)`` in every task."""
+    prepare: Callable[[Any], None] | None = None
+    """Runs once on the submitting machine before queueing (e.g. builds the default data)."""
+
+
+def make_parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Cluster options as flags; anything else is key=value config.",
+                                epilog="Example: --nodes 4 --gpus-per-node 8 --partition gpu --time 24:00:00 "
+                                       "method=audiomae \"data.train=[{path: /data/as2m, split: unbalanced}]\"")
+    p.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")
+    p.add_argument("--gpus-per-node", type=int, default=None, help="GPUs per node; one task per GPU (default: 0 on CPU)")
+    p.add_argument("--tasks-per-node", type=int, default=None, help="tasks per node (default: GPUs per node, or 1)")
+    p.add_argument("--cpus-per-task", type=int, default=None, help="CPU cores per task (default 1 on CPU, 8 per GPU)")
+    p.add_argument("--mem-gb", type=int, default=None, help="memory per node in GB (default: the cluster's)")
+    p.add_argument("--partition", default=None, help="SLURM partition (default: the cluster's default)")
+    p.add_argument("--time", default="24:00:00", help="time limit HH:MM:SS or D-HH:MM:SS (default 24:00:00)")
+    p.add_argument("--account", default=None, help="SLURM account")
+    p.add_argument("--qos", default=None, help="SLURM QOS")
+    p.add_argument("--cluster", choices=CLUSTERS, default=None,
+                   help="slurm when a SLURM controller answers, else local; debug runs in this process")
+    p.add_argument("--dry-run", action="store_true", help="print the sbatch parameters and the config, submit nothing")
+    p.add_argument("--no-wait", action="store_true", help="return after submitting (default: wait for local runs)")
+    return p
+
+
+def parse_time(text: str) -> int:
+    """``HH:MM:SS``, ``MM:SS``, ``D-HH:MM:SS`` or minutes -> minutes (rounded up)."""
+    m = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)|(\d+)", text)
+    if not m:
+        raise BadInput(f"--time {text!r}: expected HH:MM:SS, D-HH:MM:SS or minutes")
+    if m.group(5):
+        return int(m.group(5))
+    days, hours, minutes, seconds = (int(g) if g else 0 for g in m.groups()[:4])
+    if m.group(2) is None:  # MM:SS
+        hours, minutes, seconds = 0, int(m.group(3)), int(m.group(4))
+    return days * 1440 + hours * 60 + minutes + (1 if seconds else 0)
+
+
+def slurm_answers() -> bool:
+    """True when a SLURM controller answers (``scontrol ping``)."""
+    if shutil.which("scontrol") is None:
+        return False
+    try:
+        r = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0 and "UP" in r.stdout
+
+
+def check_slurm_request(partition: str | None, nodes: int, gpus_per_node: int, cpus: int) -> None:
+    """Refuse in one line what SLURM would refuse or leave pending forever: unknown partition, too many GPUs/nodes."""
+    r = subprocess.run(["sinfo", "-h", "-o", "%P|%D|%G|%c"], capture_output=True, text=True, timeout=20)
+    rows = [line.split("|") for line in r.stdout.split() if line.count("|") == 3]
+    parts = {row[0].rstrip("*"): row for row in rows}
+    default = next((row[0].rstrip("*") for row in rows if row[0].endswith("*")), None)
+    name = partition or default
+    if name not in parts:
+        raise BadInput(f"--partition {partition}: SLURM has no such partition; it has {', '.join(parts) or 'none'}")
+    _, node_count, gres, cpus_per_node = parts[name]
+    if nodes > int(node_count):
+        raise BadInput(f"--nodes {nodes}: partition {name} has {node_count} nodes")
+    gpus_here = sum(int(n) for n in re.findall(r"gpu(?::[^:,()]+)?:(\d+)", gres)) if gres != "(null)" else 0
+    if gpus_per_node > gpus_here:
+        raise BadInput(f"--gpus-per-node {gpus_per_node}: nodes of partition {name} have {gpus_here} GPUs")
+    if cpus > int(cpus_per_node.rstrip("+")):
+        raise BadInput(f"--cpus-per-task x tasks = {cpus}: nodes of partition {name} have {cpus_per_node} CPUs")
+
+
+def submit(entry: Entry, argv: list[str] | None = None, prog: str | None = None) -> Any:
+    """Parse, validate, prepare and submit; returns the submitit job (or the results for waited runs)."""
+    from rich.console import Console
+
+    import submitit
+
+    from launch.task import Job
+    from pretrain.config import to_yaml
+
+    console = Console(stderr=True)
+    args, rest = make_parser(prog or f"python launch/{entry.name}.py").parse_known_args(argv)
+    unknown_flags = [a for a in rest if a.startswith("-")]
+    if unknown_flags:
+        raise BadInput(f"unknown option {unknown_flags[0]!r}; cluster options are flags, the rest key=value")
+    cfg = entry.load_config(rest)
+    run_dir = entry.run_dir(cfg)
+    cfg.run_dir = str(run_dir)  # every task, on every node, uses the same absolute folder
+    cluster = args.cluster or ("slurm" if slurm_answers() else "local")
+    gpus = args.gpus_per_node if args.gpus_per_node is not None else 0
+    tasks = args.tasks_per_node or max(gpus, 1)
+    cpus = args.cpus_per_task or (8 if gpus else 1)
+    if gpus and tasks != gpus:
+        raise BadInput(f"--tasks-per-node {tasks} with --gpus-per-node {gpus}: one task per GPU is required")
+    if cluster == "debug" and args.nodes * tasks > 1:
+        raise BadInput("--cluster debug runs one task in this process; use --cluster local for several tasks")
+    params: dict[str, Any] = dict(nodes=args.nodes, tasks_per_node=tasks, cpus_per_task=cpus,
+                                  timeout_min=parse_time(args.time), name=f"{entry.name}-{run_dir.name}")
+    if gpus:
+        params["gpus_per_node"] = gpus
+    if args.mem_gb:
+        params["mem_gb"] = args.mem_gb
+    slurm_only = {"slurm_partition": args.partition, "slurm_account": args.account, "slurm_qos": args.qos}
+    if cluster == "slurm":
+        check_slurm_request(args.partition, args.nodes, gpus, cpus * tasks)
+        params.update({k: v for k, v in slurm_only.items() if v})
+    elif cluster == "local" and args.nodes > 1:
+        raise BadInput(f"--nodes {args.nodes}: the local cluster has one node (use --tasks-per-node)")
+
+    if args.dry_run:
+        console.print(f"[bold]{cluster}[/] job, not submitted (--dry-run)")
+        for k, v in params.items():
+            console.print(f"  {k} = {v}")
+        console.print(f"  folder = {run_dir / 'submitit'}")
+        print(to_yaml(cfg))
+        return None
+
+    if entry.prepare:
+        entry.prepare(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    executor = submitit.AutoExecutor(folder=run_dir / "submitit" / "%j", cluster=cluster)
+    executor.update_parameters(**params)
+    job = executor.submit(Job(entry.target, cfg))
+    (run_dir / "jobs.txt").open("a").write(f"{job.job_id} {cluster} {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+    console.print(f"[bold]{cluster}[/] job [bold]{job.job_id}[/]: {args.nodes} node(s) x {tasks} task(s)")
+    console.print(f"  run folder  {run_dir}")
+    console.print(f"  logs        {run_dir / 'submitit' / str(job.job_id)}/*_log.{{out,err}}")
+    if cluster == "slurm":
+        console.print(f"  follow      squeue -j {job.job_id}; tail -f {run_dir}/submitit/{job.job_id}/*_0_log.err")
+        console.print(f"  resume      submit the same command again (same config -> same run folder)")
+    if cluster == "slurm" or args.no_wait:
+        return job
+    return _follow(job, console)
+
+
+def _follow(job, console) -> Any:
+    """Wait for a local job, echoing rank 0's log as it grows."""
+    err = None
+    pos = 0
+    while not job.done():
+        time.sleep(0.5)
+        err = err or next(iter(Path(job.paths.folder).glob("*_0_log.err")), None)
+        if err and err.exists():
+            text = err.read_text(errors="replace")
+            sys.stderr.write(text[pos:])
+            pos = len(text)
+    if err and err.exists():
+        sys.stderr.write(err.read_text(errors="replace")[pos:])
+    results = job.results()
+    console.print(f"[bold green]job {job.job_id} finished[/] ({len(results)} task(s))")
+    return results
+
+
+def main(entry: Entry, argv: list[str] | None = None) -> int:
+    try:
+        submit(entry, argv)
+    except BadInput as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,20 @@
+"""Fixtures shared by every test tier."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.tiny_corpus import build_tiny
+
+# One thread per process: the machines that run the suite have 2 cores, and tests start several processes.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def tone_shards(tmp_path_factory) -> Path:
+    """A small labelled shard set of 0.5 s tones (no dependency on the synthetic corpus)."""
+    out = tmp_path_factory.mktemp("tones")
+    build_tiny(out, n=64, shard_size=8, seconds=0.5)
+    return out
