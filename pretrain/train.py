@@ -129,6 +129,7 @@ def evaluate(engine, features, cfg: PretrainConfig, env, device, dtype) -> dict[
     """Mean masked-prediction loss on the validation split (an exact pass; fixed masks per batch)."""
     model = engine.module
     model.eval()
+    features.eval()  # no SpecAugment / noise on validation
     totals: dict[str, float] = {}
     n = 0
     with torch.no_grad():
@@ -140,6 +141,7 @@ def evaluate(engine, features, cfg: PretrainConfig, env, device, dtype) -> dict[
                 totals[k] = totals.get(k, 0.0) + v
             n += 1
     model.train()
+    features.train()
     return _mean_across_ranks({f"val_{k}": v / max(n, 1) for k, v in totals.items()}, device)
 
 

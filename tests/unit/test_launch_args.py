@@ -1,0 +1,45 @@
+"""Launcher flags and the three entry scripts (run by path, so the sys.path trampoline is exercised)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from launch.submit import parse_time
+from shards.errors import BadInput
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("text,minutes", [("24:00:00", 1440), ("0:30:00", 30), ("1-00:00:00", 1440), ("90", 90),
+                                          ("10:30", 11), ("00:00:05", 1)])
+def test_parse_time(text, minutes):
+    assert parse_time(text) == minutes
+
+
+def test_parse_time_refuses_garbage():
+    with pytest.raises(BadInput, match="--time 'soon'"):
+        parse_time("soon")
+
+
+@pytest.mark.parametrize("script", ["shards/build.py", "launch/pretrain.py"])
+def test_entry_scripts_run_by_path(script):
+    for cwd in (REPO, REPO / Path(script).parent):
+        path = REPO / script
+        r = subprocess.run([sys.executable, str(path), "--help"], cwd=cwd, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert "usage:" in r.stdout
+
+
+def test_unknown_flag_and_key_fail_in_one_line_before_submitting(tmp_path):
+    for extra, expected in ((["--nodez", "4"], "unknown option '--nodez'"),
+                            (["optim.lrr=1"], "optim.lrr"),
+                            (["optim.lr=fast"], "optim.lr"),
+                            (["steps"], "expected key=value")):
+        r = subprocess.run([sys.executable, "launch/pretrain.py", "--cluster", "local", "--dry-run", *extra],
+                           cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, r.stderr
+        lines = [line for line in r.stderr.splitlines() if line.strip() and "[WARNING]" not in line]
+        assert len(lines) == 1 and expected in lines[0], r.stderr
