@@ -23,3 +23,24 @@ def _pretrain_prepare(cfg):
 
 
 PRETRAIN = Entry("pretrain", _pretrain_config, _pretrain_run_dir, "pretrain.train:run", _pretrain_prepare)
+
+
+def _finetune_config(argv):
+    from finetune.config import load_finetune_config
+
+    return load_finetune_config(argv)
+
+
+def _finetune_run_dir(cfg):
+    from finetune.config import resolve_run_dir
+
+    return resolve_run_dir(cfg)
+
+
+def _finetune_prepare(cfg):
+    from finetune.train import resolve_data
+
+    resolve_data(cfg)  # checks the data (and builds the synthetic corpus) before anything is queued
+
+
+FINETUNE = Entry("layerwise", _finetune_config, _finetune_run_dir, "finetune.train:run", _finetune_prepare)

@@ -93,15 +93,22 @@ class Engine:
 
 
 def build_engine(model: nn.Module, ds: DeepSpeedConfig, optim: OptimConfig, *, micro_batch: int, world: int,
-                 total_steps: int, no_decay: Iterable[str] = ()) -> Engine:
-    """Wrap ``model`` in a DeepSpeed engine with AdamW and the warm-up/cosine schedule."""
+                 total_steps: int, no_decay: Iterable[str] = (), groups: list[dict[str, Any]] | None = None) -> Engine:
+    """Wrap ``model`` in a DeepSpeed engine with AdamW and the warm-up/cosine schedule.
+
+    ``groups`` (default: :func:`param_groups`) may carry an ``lr_scale`` each (head LR, layer-wise decay): a group's
+    peak rate is ``peak * lr_scale`` and the schedule multiplies every group alike.
+    """
     import deepspeed
 
     config = deepspeed_config(ds, optim, micro_batch, world)
     peak = optim.lr * (config["train_batch_size"] / 256 if optim.lr_batch_scale else 1.0)
+    groups = groups if groups is not None else param_groups(model, optim.weight_decay, no_decay)
+    for group in groups:
+        group["lr"] = peak * group.pop("lr_scale", 1.0)
     fused = torch.cuda.is_available()  # torch's fused AdamW kernel on GPU; the foreach path on CPU
-    optimizer = torch.optim.AdamW(param_groups(model, optim.weight_decay, no_decay), lr=peak, betas=tuple(optim.betas),
-                                  eps=optim.eps, fused=fused)
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=peak, betas=tuple(optim.betas), eps=optim.eps,
+                                  fused=fused)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(optim, total_steps))
     engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                            config=config)

@@ -1,0 +1,126 @@
+"""The typed configuration of fine-tuning (``python finetune/layerwise.py key=value ...``).
+
+Layers, later wins: these dataclass defaults (the embedded default: the latest embedded pretraining run, fine-tuned on
+the synthetic labelled split) <- ``finetune/configs/<preset>.yaml`` (``preset=`` picks one; default ``default``) <-
+``config=FILE.yaml`` <- ``key=value``. Checked against the schema before anything starts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+from finetune.heads import HeadConfig
+from pretrain.config import CheckpointConfig, DeepSpeedConfig, LogConfig, config_hash, merge_config
+from pretrain.encoder import EncoderConfig
+from shards.default import SyntheticDataConfig
+from shards.features import FeatureConfig
+from shards.stream import ShardSetConfig, StreamConfig
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+@dataclass
+class FinetuneDataConfig:
+    """Labelled training data, validation (model selection) and test (the reported numbers)."""
+
+    train: list[ShardSetConfig] = field(default_factory=list)
+    """Labelled shard sets mixed by weight (pseudo-labelled sets too); empty: the synthetic labelled split."""
+    val: Optional[ShardSetConfig] = None
+    """Validation split for early stopping / best-checkpoint selection; None with no train data: synthetic val."""
+    test: Optional[ShardSetConfig] = None
+    """Test split evaluated once with the best checkpoint; None with no train data: synthetic test."""
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
+    seen_devices: Optional[list[str]] = None
+    """Devices seen in training (TAU22: a b c s1 s2 s3): adds seen vs unseen accuracy; None: from the train split."""
+
+
+@dataclass
+class AugmentConfig:
+    """The augmentations the layer-wise paper tried (SpecAugment and fbank noise live in ``data.features``)."""
+
+    mixup: float = 0.0
+    """Probability that a clip is mixed with another clip of the batch (waveform mixup, SSAST's loader)."""
+    mixup_alpha: float = 10.0
+    """lambda ~ Beta(alpha, alpha); SSAST and Audio-MAE use 10."""
+
+
+@dataclass
+class FinetuneOptimConfig:
+    """AdamW with separate head / backbone rates, optional layer-wise decay, warm-up then cosine."""
+
+    lr: float = 1e-4
+    """Peak learning rate of the backbone's top block."""
+    head_lr_scale: float = 10.0
+    """Head (and layer weights) rate = lr x this (SSAST's ``head_lr``)."""
+    layer_decay: float = 1.0
+    """Block i of L gets lr x decay^(L - i); patch embedding and tokens decay^L (Audio-MAE: 0.75; 1 = off)."""
+    weight_decay: float = 5e-4
+    min_lr: float = 1e-6
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 50
+    schedule: str = "cosine"
+    clip_grad: float = 0.0
+    lr_batch_scale: bool = False
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"optim.schedule={self.schedule!r}: expected 'cosine' or 'constant'")
+        if not 0 < self.layer_decay <= 1:
+            raise ValueError(f"optim.layer_decay={self.layer_decay}: expected 0 < decay <= 1")
+
+
+@dataclass
+class EncoderOverrides:
+    """Fine-tune-time changes to the pretrained encoder's input (positional embeddings are adapted as SSAST does)."""
+
+    stride_freq: Optional[int] = 10
+    """Overlapping patches (SSAST fine-tunes with stride 10); None keeps the pretraining stride."""
+    stride_time: Optional[int] = 10
+    drop_path: float = 0.0
+    """Stochastic depth while fine-tuning (Audio-MAE: 0.1)."""
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything a fine-tuning run needs."""
+
+    ckpt: str = "latest"
+    """Pretrained encoder: a path (our encoder.pt or run folder, an official SSAST / Audio-MAE file), "latest" (the
+    newest run under runs/pretrain/), or "none" (train from scratch with ``scratch_encoder``)."""
+    preset: str = "default"
+    """Defaults file from finetune/configs/ (picked before merging)."""
+    run_dir: str = ""
+    """Run folder; empty: runs/finetune/<head>-<config hash>."""
+    seed: int = 0
+    steps: int = 600
+    """Optimizer steps."""
+    eval_every: int = 100
+    """Validate (exact pass) every this many steps and keep the best checkpoint."""
+    early_stop: int = 0
+    """Stop after this many validations without improvement (0: never)."""
+    num_classes: Optional[int] = None
+    """Optional check: the number of classes the data must have."""
+    freeze_backbone: bool = False
+    """Train only the head (the paper's frozen-backbone row)."""
+    head: HeadConfig = field(default_factory=HeadConfig)
+    encoder: EncoderOverrides = field(default_factory=EncoderOverrides)
+    scratch_encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(cls_tokens=2, target_frames=100))
+    """The encoder trained from scratch when ``ckpt=none``."""
+    data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: FinetuneOptimConfig = field(default_factory=FinetuneOptimConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+def load_finetune_config(argv: Sequence[str] = ()) -> FinetuneConfig:
+    return merge_config(FinetuneConfig, argv, CONFIG_DIR, selector="preset", default_selector="default")
+
+
+def resolve_run_dir(cfg: FinetuneConfig) -> Path:
+    return Path(cfg.run_dir or f"runs/finetune/{cfg.head.kind}-{config_hash(cfg)}").resolve()
