@@ -132,6 +132,8 @@ def submit(entry: Entry, argv: list[str] | None = None, prog: str | None = None)
     if cluster == "slurm":
         check_slurm_request(args.partition, args.nodes, gpus, cpus * tasks)
         params.update({k: v for k, v in slurm_only.items() if v})
+        # one task that dies must end the job: the survivors would otherwise wait in a collective forever
+        params["slurm_srun_args"] = ["--kill-on-bad-exit=1"]
     elif cluster == "local" and args.nodes > 1:
         raise BadInput(f"--nodes {args.nodes}: the local cluster has one node (use --tasks-per-node)")
 

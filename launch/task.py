@@ -29,6 +29,10 @@ class Job(submitit.helpers.Checkpointable):
         self.cfg = cfg
 
     def __call__(self) -> Any:
+        # The distributed environment comes from submitit; rank variables exported by the submitting shell (sbatch
+        # passes the environment on) would otherwise look like a torchrun launch.
+        for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+            os.environ.pop(var, None)
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, int(os.environ.get("SLURM_CPUS_PER_TASK", "1")))))
         stop = threading.Event()
         submitit_handler = signal.getsignal(signal.SIGUSR2)
