@@ -92,3 +92,15 @@ def finetune_groups(model: Classifier, lr_scale_head: float, layer_decay: float,
         decay = 0.0 if (p.ndim <= 1 or name.endswith(".bias") or any(s in name for s in NO_DECAY)) else weight_decay
         groups.setdefault((scale, decay), []).append(p)
     return [{"params": ps, "lr_scale": s, "weight_decay": d} for (s, d), ps in sorted(groups.items())]
+
+
+def load_classifier(path: Path) -> tuple[Classifier, dict[str, Any]]:
+    """A ``best.pt`` written by fine-tuning (format tessera-classifier/1) -> the classifier and its payload."""
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(payload, dict) or payload.get("format") != "tessera-classifier/1":
+        raise BadInput(f"{path}: not a fine-tuned classifier (expected format tessera-classifier/1)")
+    encoder = Encoder(EncoderConfig(**payload["encoder"]))
+    head = build_head(HeadConfig(**payload["head"]), encoder.embed_dim, encoder.depth, len(payload["classes"]))
+    model = Classifier(encoder, head)
+    model.load_state_dict(payload["state_dict"])
+    return model, payload

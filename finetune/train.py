@@ -70,16 +70,18 @@ def _labelled(c: ShardSetConfig) -> bool:
     return bool(manifest["splits"][c.split].get("label_histogram"))
 
 
-def predict(engine, features, s: ShardSet, cfg: FinetuneConfig, env, device, dtype) -> dict[str, Any]:
-    """Exact pass over ``s``: keys, probabilities [N, C], labels, meta, gathered on every rank in index order."""
-    model = engine.module
+def predict(model, features, s: ShardSet, cfg: FinetuneConfig, env, device, dtype) -> dict[str, Any]:
+    """Exact pass over ``s``: keys, probabilities [N, C], labels, meta, gathered on every rank in index order.
+
+    ``model`` is the DeepSpeed engine or a plain :class:`~finetune.model.Classifier`.
+    """
     was_training = model.training
     model.eval()
     features.eval()
     keys, probs, labels, meta = [], [], [], []
     with torch.no_grad():
         for batch in eval_batches(s, cfg.data.stream, rank=env.rank, world=env.world_size):
-            logits = engine(features(batch.wave.to(device)).to(dtype)).float()
+            logits = model(features(batch.wave.to(device)).to(dtype)).float()
             p = torch.sigmoid(logits) if s.multi_label else logits.softmax(-1)
             for i in torch.nonzero(batch.valid).flatten().tolist():
                 keys.append(batch.keys[i])

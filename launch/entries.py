@@ -1,6 +1,8 @@
 """The commands the launcher knows: how each reads its config and what each task runs."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from launch.submit import Entry
 
 
@@ -44,3 +46,18 @@ def _finetune_prepare(cfg):
 
 
 FINETUNE = Entry("layerwise", _finetune_config, _finetune_run_dir, "finetune.train:run", _finetune_prepare)
+
+
+def _semisup_config(argv):
+    from finetune.semisup import load_semisup_config
+
+    return load_semisup_config(argv)
+
+
+def _semisup_run_dir(cfg):
+    from finetune.config import resolve_run_dir
+
+    return Path(str(resolve_run_dir(cfg)).replace("/finetune/", "/semisup/"))
+
+
+PSEUDOLABEL = Entry("pseudolabel", _semisup_config, _semisup_run_dir, "finetune.semisup:run", _finetune_prepare)

@@ -1,0 +1,13 @@
+"""python finetune/pseudolabel.py [--nodes N ...] ckpt=PATH [pseudo.threshold=0.9 ...]: teacher -> pseudo-labels -> student."""
+import sys
+from pathlib import Path
+
+# Run by path, Python puts finetune/ first on sys.path; put the repository root there instead (entry trampoline).
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+from launch.entries import PSEUDOLABEL  # noqa: E402
+from launch.submit import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(PSEUDOLABEL))

@@ -1,0 +1,146 @@
+"""``run(cfg)``: the semi-supervised pipeline of the ICME 2024 Audio-MAE report, on every rank.
+
+round r: teacher (fine-tuned on the labelled data; in later rounds, the previous student) -> an exact pass over the
+unlabelled clips -> selected pseudo-labels written as a new shard set ``<run>/round{r}-pseudo`` -> a student
+fine-tuned on labelled + pseudo-labelled data (from the pretrained encoder or the teacher). The report compares teacher
+and student on the test split and, where the unlabelled clips carry their true labels (the synthetic corpus, or a
+labelled split used as unlabelled), scores the selected pseudo-labels.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+from finetune import pseudo
+from finetune.config import CONFIG_DIR, FinetuneConfig, resolve_run_dir
+from finetune.model import load_classifier
+from finetune.pseudo import PseudoLabelConfig
+from pretrain import distributed
+from pretrain.checkpoint import export_encoder
+from pretrain.config import merge_config
+from shards.default import ensure_synthetic
+from shards.errors import BadInput
+from shards.features import build_features
+from shards.stream import ShardSetConfig, open_shard_set
+
+log = logging.getLogger("semisup")
+
+
+@dataclass
+class SemiSupConfig(FinetuneConfig):
+    """A fine-tuning config (teacher and student share it) plus the unlabelled data and the selection rules."""
+
+    unlabelled: Optional[ShardSetConfig] = None
+    """Unlabelled clips to pseudo-label; None with no training data given: the synthetic unlabelled split."""
+    pseudo: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
+    pseudo_weight: float = 1.0
+    """Sampling weight of the pseudo-labelled set next to the labelled sets (weight 1 each)."""
+
+
+def load_semisup_config(argv: Sequence[str] = ()) -> SemiSupConfig:
+    return merge_config(SemiSupConfig, argv, CONFIG_DIR, selector="preset", default_selector="default")
+
+
+def _finetune(cfg: SemiSupConfig, run_dir: Path, **changes: Any) -> tuple[FinetuneConfig, dict[str, Any]]:
+    from finetune.train import run as finetune_run
+
+    fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(FinetuneConfig)}
+    sub = FinetuneConfig(**{**fields, "run_dir": str(run_dir), **changes})
+    return sub, finetune_run(sub)
+
+
+def _teacher_encoder(best: Path, out: Path, method: str = "teacher") -> Path:
+    """The encoder of a fine-tuned classifier as an encoder.pt (for a student that starts from the teacher)."""
+    model, payload = load_classifier(best)
+    state = {k: v for k, v in model.encoder.state_dict().items()}
+    export_encoder(out, model.encoder, state, method, model.encoder.cfg, payload["step"])
+    return out
+
+
+def run(cfg: SemiSupConfig, stop=None) -> dict[str, Any]:
+    from rich.console import Console
+    from rich.table import Table
+
+    env = distributed.detect()
+    distributed.init(env, cfg.deepspeed.backend)
+    device = distributed.device_for(env)
+    console = Console(stderr=True, quiet=not env.is_main)
+    root = Path(cfg.run_dir or str(resolve_run_dir(cfg)).replace("/finetune/", "/semisup/")).resolve()
+    unlabelled = cfg.unlabelled
+    if unlabelled is None:
+        if cfg.data.train:
+            raise BadInput("unlabelled: no unlabelled shard set given (unlabelled={path: ..., split: ...})")
+        unlabelled = ShardSetConfig(str(ensure_synthetic(cfg.data.synthetic, cfg.data.stream.sample_rate)),
+                                    "unlabelled")
+    u_set = open_shard_set(unlabelled)  # refuses an empty or missing split in one line
+    labelled = list(cfg.data.train) or [ShardSetConfig(str(ensure_synthetic(cfg.data.synthetic,
+                                                                            cfg.data.stream.sample_rate)), "labelled")]
+    rows: list[dict[str, Any]] = []
+    teacher_dir = root / "round0-teacher"
+    _, summary = _finetune(cfg, teacher_dir, data=dataclasses.replace(cfg.data, train=labelled))
+    rows.append({"model": "teacher (labelled only)", **summary.get("test", {})})
+    from finetune.train import predict
+
+    for r in range(1, cfg.pseudo.rounds + 1):
+        model, payload = load_classifier(teacher_dir / "best.pt")
+        classes = payload["classes"]
+        if u_set.classes and u_set.classes != classes:
+            raise BadInput(f"{unlabelled.path}: class list differs from the labelled data's")
+        model.to(device)
+        features = build_features(cfg.data.features).to(device)
+        pred = predict(model, features, u_set, cfg, env, device, torch.float32)
+        selection = pseudo.select(pred["probs"], cfg.pseudo)
+        out = root / f"round{r}-pseudo"
+        if env.is_main:
+            truth = [pseudo._true_index(m, classes) for m in pred["meta"]]
+            report = pseudo.selection_report(selection, pred["probs"], truth, classes)
+            pseudo.print_selection(report, classes, console)
+            if not (out / "manifest.json").exists():
+                pseudo.write_pseudo_shards(Path(unlabelled.path), unlabelled.split, pred["keys"], selection,
+                                           pred["probs"], classes, out, str(teacher_dir / "best.pt"), cfg.pseudo)
+        distributed.barrier()
+        ckpt = cfg.ckpt
+        if cfg.pseudo.student_init == "teacher":
+            ckpt = str(_teacher_encoder(teacher_dir / "best.pt", root / f"round{r}-teacher-encoder.pt"))
+        student_dir = root / f"round{r}-student"
+        train = labelled + [ShardSetConfig(str(out), "pseudo", cfg.pseudo_weight)]
+        _, summary = _finetune(cfg, student_dir, ckpt=ckpt, data=dataclasses.replace(cfg.data, train=train))
+        manifest = json.loads((out / "manifest.json").read_text())
+        rep = manifest["pseudo"]["report"]
+        rows.append({"model": f"student round {r}", **summary.get("test", {}), "pseudo_selected": rep.get("num_selected"),
+                     "pseudo_accuracy": rep.get("accuracy"), "teacher_accuracy_unlabelled": rep.get("teacher_accuracy_all")})
+        teacher_dir = student_dir
+
+    if env.is_main:
+        table = Table(title=f"semi-supervised: teacher vs student (test split) - {root}")
+        for col in ("model", "Acc %", "AUC", "log loss", "pseudo-labels", "pseudo acc %"):
+            table.add_column(col, justify="left" if col == "model" else "right")
+        for row in rows:
+            pa = row.get("pseudo_accuracy")
+            table.add_row(row["model"], f"{100 * row.get('accuracy', float('nan')):.2f}",
+                          f"{row.get('macro_auc', float('nan')):.4f}", f"{row.get('log_loss', float('nan')):.4f}",
+                          str(row.get("pseudo_selected", "")), f"{100 * pa:.2f}" if pa is not None else "")
+        console.print(table)
+        (root / "semisup.json").write_text(json.dumps(rows, indent=1))
+    distributed.barrier()
+    return {"run_dir": str(root), "rows": rows, "rank": env.rank, "world_size": env.world_size}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        run(load_semisup_config(sys.argv[1:] if argv is None else argv))
+    except BadInput as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
