@@ -1,0 +1,102 @@
+"""Fine-tuning and the semi-supervised pipeline on real shards, in this process (a world of one)."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from finetune.config import load_finetune_config
+from finetune.semisup import load_semisup_config
+from finetune.semisup import run as semisup_run
+from finetune.train import run as finetune_run
+from shards.errors import BadInput
+from tests.fixtures.pretrain_runs import tiny_overrides
+from tests.fixtures.tiny_corpus import build_tiny
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, tone_shards) -> Path:
+    """A 3-step tiny SSAST pretraining run (its encoder.pt is what fine-tuning loads)."""
+    from launch.entries import PRETRAIN
+    from launch.submit import submit
+
+    run = tmp_path_factory.mktemp("pre") / "run"
+    submit(PRETRAIN, ["--cluster", "debug", *tiny_overrides("ssast", tone_shards, run, steps=3)])
+    return run / "encoder.pt"
+
+
+def _data(path: Path, split: str = "train") -> str:
+    return f"{{path: {path}, split: {split}}}"
+
+
+def _ft_args(ckpt, run, shards, steps=24, extra=()):
+    return [f"ckpt={ckpt}", f"run_dir={run}", f"steps={steps}", "eval_every=8", f"data.train=[{_data(shards)}]",
+            f"data.val={_data(shards)}", f"data.test={_data(shards)}", "data.stream.clip_seconds=0.5",
+            "data.stream.batch_size=8", "data.stream.num_workers=0", "data.features.target_frames=48",
+            "log.every_steps=8", "optim.lr=5e-4", "optim.warmup_steps=4", *extra]
+
+
+def test_finetune_learns_far_above_chance_and_writes_its_report(pretrained, tone_shards, tmp_path):
+    run = tmp_path / "ft"
+    summary = finetune_run(load_finetune_config(_ft_args(pretrained, run, tone_shards, extra=["head.kind=double_norm"])))
+    assert summary["test"]["accuracy"] > 0.6  # 3 classes: chance is 1/3
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert len(metrics["layer_weights"]) == 2 and abs(sum(metrics["layer_weights"]) - 1) < 1e-5
+    assert set(metrics["groups"]["device"]) == {"d0", "d1"}
+    rows = (run / "predictions.csv").read_text().splitlines()
+    assert len(rows) == 65 and (run / "confusion_matrix.png").stat().st_size > 5000 and (run / "best.pt").exists()
+
+
+def test_frozen_backbone_run_keeps_the_encoder(pretrained, tone_shards, tmp_path):
+    import torch
+
+    run = tmp_path / "frozen"
+    finetune_run(load_finetune_config(_ft_args(pretrained, run, tone_shards, steps=8,
+                                               extra=["freeze_backbone=true", "head.kind=post_norm"])))
+    best = torch.load(run / "best.pt", weights_only=False)["state_dict"]
+    start = torch.load(pretrained, weights_only=False)["state_dict"]
+    for name in ("blocks.0.attn.qkv.weight", "blocks.1.mlp.fc2.weight", "patch_embed.proj.weight"):
+        assert torch.equal(best[f"encoder.{name}"], start[name])
+
+
+def test_bad_data_is_refused_in_one_line(pretrained, tone_shards, tmp_path):
+    with pytest.raises(BadInput, match="num_classes=5 but .* has 3 classes"):
+        finetune_run(load_finetune_config(_ft_args(pretrained, tmp_path / "a", tone_shards, extra=["num_classes=5"])))
+    unlabelled = tmp_path / "u"
+    build_tiny(unlabelled, n=4, shard_size=4, seconds=0.5)
+    manifest = json.loads((unlabelled / "manifest.json").read_text())
+    manifest["splits"]["train"]["label_histogram"] = {}
+    (unlabelled / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BadInput, match="has no labels"):
+        finetune_run(load_finetune_config(_ft_args(pretrained, tmp_path / "b", unlabelled)))
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_pseudo_labelling_writes_a_new_set_and_the_student_trains_on_both(pretrained, tone_shards, tmp_path):
+    labelled = tmp_path / "labelled"
+    build_tiny(labelled, n=24, shard_size=8, seconds=0.5)
+    before = _hashes(tone_shards)
+    run = tmp_path / "semi"
+    args = _ft_args(pretrained, run, labelled, steps=16, extra=[f"data.test={_data(tone_shards)}",
+                    f"unlabelled={_data(tone_shards)}", "pseudo.threshold=0.0", "pseudo.top_k_per_class=10"])
+    summary = semisup_run(load_semisup_config(args))
+    assert _hashes(tone_shards) == before  # the inputs are only read
+    pseudo = json.loads((run / "round1-pseudo" / "manifest.json").read_text())
+    selected = pseudo["splits"]["pseudo"]["count"]
+    assert 10 <= selected <= 30  # 10 per predicted class (at most 3 classes predicted)
+    student_cfg = (run / "round1-student" / "config.yaml").read_text()
+    assert str(labelled) in student_cfg and "round1-pseudo" in student_cfg
+    teacher, student = summary["rows"]
+    assert student["pseudo_selected"] == selected and 0 <= student["pseudo_accuracy"] <= 1
+    assert "accuracy" in teacher and "accuracy" in student
+    empty = tmp_path / "empty"
+    with pytest.raises(BadInput, match="no manifest"):
+        semisup_run(load_semisup_config(_ft_args(pretrained, tmp_path / "x", labelled,
+                                                 extra=[f"unlabelled={_data(empty)}"])))
