@@ -66,10 +66,31 @@ class Local:
 # Spectral shapes (magnitudes on the rfft bins)
 
 
-def band(octs: np.ndarray, lo: float, hi: float, slope_lo: float = 12.0, slope_hi: float = 12.0) -> np.ndarray:
-    """Magnitude [F]: 1 between ``lo`` and ``hi`` Hz, falling ``slope_lo`` / ``slope_hi`` dB per octave outside."""
+def band(octs: np.ndarray, lo: float, hi: float, slope_lo: float = 12.0, slope_hi: float = 12.0,
+         tilt: float = 0.0) -> np.ndarray:
+    """Magnitude [F]: 1 between ``lo`` and ``hi`` Hz, falling ``slope_lo`` / ``slope_hi`` dB per octave outside,
+    times a ``tilt`` of dB per octave around 1 kHz (-3: pink)."""
     db = slope_lo * np.minimum(0.0, octs - np.log2(lo / 1000)) - slope_hi * np.maximum(0.0, octs - np.log2(hi / 1000))
-    return 10.0 ** (db / 20)
+    return 10.0 ** ((db + tilt * octs) / 20)
+
+
+@functools.lru_cache(maxsize=128)
+def _cached_band(rate: int, n: int, *args) -> np.ndarray:
+    out = band(grid(rate, n).octs, *args).astype(np.float32)
+    out.flags.writeable = False  # shared by every clip of this length
+    return out
+
+
+def shape(g: Grid, lo: float, hi: float, slope_lo: float = 12.0, slope_hi: float = 12.0, tilt: float = 0.0
+          ) -> np.ndarray:
+    """:func:`band` on the clip's grid, cached: textures reuse a few fixed bands in every clip (read-only)."""
+    return _cached_band(g.rate, g.n, lo, hi, slope_lo, slope_hi, tilt)
+
+
+@functools.lru_cache(maxsize=16)
+def _hum(rate: int, n: int, mains: float) -> np.ndarray:
+    g = grid(rate, n)
+    return comb(g.f, mains, 0.5) * shape(g, mains * 0.9, 400, 24, 18)
 
 
 def comb(f: np.ndarray, f0: float, width: float) -> np.ndarray:
@@ -85,15 +106,20 @@ def comb(f: np.ndarray, f0: float, width: float) -> np.ndarray:
 # Envelopes at the control rate ([rows, m] or [m], linear gain around 1)
 
 
-def smooth(rng: np.random.Generator, g: Grid, rows: int, cutoff: float) -> np.ndarray:
-    """[rows, m] Gaussian noise low-passed at ``cutoff`` Hz with unit variance (circular, so the clip wraps smoothly).
+@functools.lru_cache(maxsize=64)
+def _lowpass(size: int, step: float, cutoff: float) -> np.ndarray:
+    """Gaussian low-pass gains [size // 2 + 1] for ``size`` control points ``step`` s apart, scaled so that white
+    noise comes out with unit variance (by the filter's expected gain, not per clip: a 0.2 Hz drift is nearly constant
+    within one second and must stay small there rather than be blown up)."""
+    gain = np.exp(-0.5 * (np.fft.rfftfreq(size, step) / cutoff) ** 2)
+    return gain / np.sqrt((2 * np.sum(gain**2) - gain[0] ** 2) / size)
 
-    Normalised by the filter's expected gain, not per clip: a 0.2 Hz drift is nearly constant within one second and
-    must stay small there rather than be blown up to unit variance.
-    """
-    gain = np.exp(-0.5 * (np.fft.rfftfreq(g.m, g.hop / g.rate) / cutoff) ** 2)
-    s = np.fft.irfft(np.fft.rfft(rng.standard_normal((rows, g.m)), axis=-1) * gain, g.m, axis=-1)
-    return s / np.sqrt((2 * np.sum(gain**2) - gain[0] ** 2) / g.m)
+
+def smooth(rng: np.random.Generator, g: Grid, rows: int, cutoff: float) -> np.ndarray:
+    """[rows, m] Gaussian noise low-passed at ``cutoff`` Hz, unit variance."""
+    size = -(-g.m // 16) * 16  # m is often prime (101 for one second), a slow FFT length: filter a bit more, crop
+    noise = rng.standard_normal((rows, size))
+    return np.fft.irfft(np.fft.rfft(noise, axis=-1) * _lowpass(size, g.hop / g.rate, cutoff), size, axis=-1)[:, : g.m]
 
 
 def drift(rng, g, depth_db: float, cutoff: float = 0.5) -> np.ndarray:
@@ -136,15 +162,16 @@ def upsample(env: np.ndarray, g: Grid) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Textures: (rng, grid, activity, local) -> (shapes [R, F], envelopes [R, m]); each row becomes unit-RMS noise
+# Textures: (rng, grid, activity, local) -> (shapes [R, F], envelopes [R, m] or steady gains [R, 1]); each row becomes
+# unit-RMS noise times its envelope
 
 
 def _rumble(rng, g, a, local):  # road traffic; a = vehicles per second
-    return band(g.octs, 25, 220, 12, 10)[None], passby(rng, g, a)[None]
+    return shape(g, 25, 220, 12, 10)[None], passby(rng, g, a)[None]
 
 
 def _engine(rng, g, a, local):  # combustion engine (bus, car); a = firing frequency in Hz
-    return (band(g.octs, 20, 700, 6, 12) * (0.1 + comb(g.f, a, a / 12)))[None], drift(rng, g, 2.0, 1.0)[None]
+    return (shape(g, 20, 700, 6, 12) * (0.1 + comb(g.f, a, a / 12)))[None], drift(rng, g, 2.0, 1.0)[None]
 
 
 def _motor(rng, g, a, local):  # electric traction motor whine (tram, metro); a = whine frequency in Hz
@@ -153,30 +180,28 @@ def _motor(rng, g, a, local):  # electric traction motor whine (tram, metro); a 
 
 def _babble(rng, g, a, local):  # crowd talk; a = number of talkers
     p = local.pitch
-    shapes = np.stack([band(g.octs, 180 * p, 900 * p, 12, 15), band(g.octs, 1800 * p, 5000 * p, 12, 12)])
+    shapes = np.stack([shape(g, 180 * p, 900 * p, 12, 15), shape(g, 1800 * p, 5000 * p, 12, 12)])
     return shapes, syllables(rng, g, a) * np.array([[1.0], [0.35]])
 
 
 def _wind(rng, g, a, local):  # wind on the microphone and in trees; a = gust depth in dB
-    return band(g.octs, 15, 350, 6, 9)[None], gusts(rng, g, a)[None]
+    return shape(g, 15, 350, 6, 9)[None], gusts(rng, g, a)[None]
 
 
 def _rain(rng, g, a, local):  # rain on surfaces (also a fountain); a = crackle depth in dB
-    return band(g.octs, 1200, 9000, 6, 6)[None], crackle(rng, g, a)[None]
+    return shape(g, 1200, 9000, 6, 6)[None], crackle(rng, g, a)[None]
 
 
 def _hvac(rng, g, a, local):  # ventilation: air noise plus mains hum harmonics; a = hum level in dB re the air
-    hum = comb(g.f, local.hum, 0.5) * band(g.octs, local.hum * 0.9, 400, 24, 18)
-    air = band(g.octs, 80, 1500, 6, 9)
-    return np.stack([air, hum]), np.stack([drift(rng, g, 1.0), np.full(g.m, 10 ** (a / 20))])
+    return np.stack([shape(g, 80, 1500, 6, 9), _hum(g.rate, g.n, local.hum)]), np.array([[1.0], [10 ** (a / 20)]])
 
 
 def _rolling(rng, g, a, local):  # tyres on asphalt, wheels on rails, trolleys; a = swell depth in dB
-    return band(g.octs, 300, 2500, 9, 12)[None], drift(rng, g, a, 1.5)[None]
+    return shape(g, 300, 2500, 9, 12)[None], drift(rng, g, a, 1.5)[None]
 
 
 def _room(rng, g, a, local):  # the place's own pink background, everywhere; a unused
-    return (band(g.octs, 30, 9000, 6, 12) * 10 ** (-3 * g.octs / 20))[None], drift(rng, g, 1.0)[None]
+    return shape(g, 30, 9000, 6, 12, tilt=-3)[None], np.ones((1, 1))
 
 
 TEXTURES: dict[str, Callable] = {
@@ -187,16 +212,29 @@ TEXTURES: dict[str, Callable] = {
 
 def render_textures(rng, g: Grid, parts: list[tuple[str, float, float]], local: Local) -> np.ndarray:
     """The bed [n]: ``parts`` are (texture, level dB, activity); each row unit-RMS noise times its envelope."""
-    shapes, envs = [], []
+    moving, steady = [], []
     for name, level, activity in parts:
         s, e = TEXTURES[name](rng, g, activity, local)
-        shapes.append(s)
-        envs.append(e * 10 ** (level / 20))
-    s = np.concatenate(shapes).astype(np.float32)
-    s /= np.sqrt((2 * (s**2).sum(1, keepdims=True) - s[:, :1] ** 2) / g.n) + 1e-12  # Parseval, ortho norm
-    z = rng.standard_normal((2, *s.shape), dtype=np.float32)
-    x = np.fft.irfft((z[0] + 1j * z[1]) * (s * np.float32(np.sqrt(0.5))), g.n, axis=-1, norm="ortho")  # [R, n]
-    return np.einsum("rn,rn->n", x, upsample(np.concatenate(envs), g))
+        s = s / (np.sqrt((2 * (s**2).sum(1, keepdims=True) - s[:, :1] ** 2) / g.n) + 1e-12)  # unit RMS (Parseval)
+        e = e * 10 ** (level / 20)
+        for row, env in zip(s, e):
+            (steady if env.size == 1 else moving).append((row, env))
+    # Steady rows share one noise: independent Gaussian noises add up to one whose power spectrum is their sum.
+    rows = [r for r, _ in moving] + ([np.sqrt(sum((r * e[0]) ** 2 for r, e in steady))] if steady else [])
+    envs = [e for _, e in moving] + ([np.ones(g.m)] if steady else [])
+    s = np.stack(rows).astype(np.float32)
+    x = np.fft.irfft(white(rng, s.shape) * s, g.n, axis=-1, norm="ortho")  # [R, n]
+    return np.einsum("rn,rn->n", x, upsample(np.stack(envs), g))
+
+
+def white(rng, shape: tuple[int, ...]) -> np.ndarray:
+    """Complex64 white spectrum with E|z|^2 = 1: real and imaginary parts uniform, each of variance 1/2.
+
+    Uniform draws cost a third of Gaussian ones, and every time sample of the inverse FFT sums thousands of independent
+    bins, so the noise is Gaussian all the same (central limit theorem).
+    """
+    u = rng.random((2, *shape), dtype=np.float32) - np.float32(0.5)
+    return (u[0] + 1j * u[1]) * np.float32(np.sqrt(6.0))  # var(U(-.5, .5)) = 1/12; * 6 -> 1/2
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -207,10 +245,15 @@ def _t(seconds: float, rate: int) -> np.ndarray:
     return np.arange(int(seconds * rate)) / rate
 
 
-def _noise(rng, n: int, rate: int, lo: float, hi: float, slope: float = 12.0) -> np.ndarray:
+def _filter(x: np.ndarray, rate: int, lo: float, hi: float, slope_lo: float = 12.0, slope_hi: float = 12.0):
+    """``x`` limited to ``[lo, hi]`` Hz by :func:`band` in the FFT domain (for making kernels once, not per clip)."""
+    return np.fft.irfft(np.fft.rfft(x) * band(_octaves(np.fft.rfftfreq(x.size, 1 / rate)), lo, hi, slope_lo, slope_hi),
+                        x.size)
+
+
+def _noise(rng, n: int, rate: int, lo: float, hi: float) -> np.ndarray:
     """``n`` samples of noise limited to ``[lo, hi]`` Hz."""
-    return np.fft.irfft(np.fft.rfft(rng.standard_normal(n)) * band(_octaves(np.fft.rfftfreq(n, 1 / rate)), lo, hi,
-                                                                      slope, slope), n)
+    return _filter(rng.standard_normal(n), rate, lo, hi)
 
 
 def _tones(t, rate, freqs, amps, taus) -> np.ndarray:
@@ -281,9 +324,7 @@ def _announcements(rng, rate):  # chime, then a voice through a band-limited, sl
     out, chimes = [], _chimes(rng, rate)
     for v in range(6):
         chime = chimes[v][: int(0.9 * rate)]
-        voice = _speech(rng, rate, 1.8, 6)
-        voice = np.fft.irfft(np.fft.rfft(voice) * band(_octaves(np.fft.rfftfreq(voice.size, 1 / rate)), 300, 3400, 18,
-                                                       24), voice.size)
+        voice = _filter(_speech(rng, rate, 1.8, 6), rate, 300, 3400, 18, 24)
         voice = np.tanh(2 * voice / np.abs(voice).max())
         out.append(np.concatenate([chime / np.abs(chime).max(), 0.7 * voice]))
     return out
@@ -422,7 +463,8 @@ def beats(rng, a, T, span, V):
     on = rng.random(k.size) < a
     root = rng.integers(0, 7, k.size // 8 + 2)[(k - k[0]) // 8]  # one chord root per bar of 8 eighths
     degree = root + rng.choice([0, 2, 4], k.size) + 7 * rng.integers(0, 3, k.size)  # a chord tone in one of 3 octaves
-    return t[on], np.where(degree >= V, degree - 7, degree)[on], rng.uniform(-8, 0, k.size)[on] + np.where(k % 2 == 0, 2.0, 0.0)[on]
+    gain = rng.uniform(-8, 0, k.size) + np.where(k % 2 == 0, 2.0, 0.0)  # on-beat notes a little louder
+    return t[on], np.where(degree >= V, degree - 7, degree)[on], gain[on]
 
 
 @dataclass(frozen=True)
@@ -499,7 +541,7 @@ def room(rate: int, n: int, rt60: float, variant: int) -> np.ndarray:
     t = np.arange(min(n, int(rt60 * rate))) / rate
     tail = rng.standard_normal(t.size) * 10 ** (-3 * t / rt60)
     # high frequencies die first: the tail loses 6 dB/oct above 3 kHz
-    tail = np.fft.irfft(np.fft.rfft(tail) * band(_octaves(np.fft.rfftfreq(t.size, 1 / rate)), 20, 3000, 0, 6), t.size)
+    tail = _filter(tail, rate, 20, 3000, 0, 6)
     h = tail * np.sqrt(0.8 * rt60 / (np.sum(tail**2) + 1e-12))
     h[0] += 1.0
     return np.fft.rfft(h, n).astype(np.complex64)

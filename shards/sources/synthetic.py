@@ -6,22 +6,26 @@ shift) when no data is given, and it is hard in the same ways: no single cue (lo
 scene; the classes share building blocks at different rates, levels and spectra, so telling them apart needs evidence
 combined over time and frequency (a rhythm of rail clanks, syllabic modulation, reverberant tails).
 
-Scenes (activity ranges and presence probabilities are in :data:`SCENES`; the sounds are in ``_scenes.py``)::
+Scenes (levels, activity ranges and presence probabilities are in :data:`SCENES`, the sounds in ``_scenes.py``; cities
+add a few ingredients of their own, and rain to outdoor scenes)::
 
-    scene              textures (bed)                        events (foreground)                              room
-    airport            babble hvac rolling room              footstep voice announce click chime              2.0 s
-    shopping_mall      babble hvac room                      footstep voice music clink announce              1.3 s
-    metro_station      babble rumble rolling hvac room       footstep voice announce squeal clank             2.2 s
-    street_pedestrian  babble rumble wind room               footstep voice bird music horn                   0.4 s
-    public_square      babble rumble wind rain(fountain)     footstep voice bird clink music                  0.3 s
-    street_traffic     rumble engine rolling wind babble     horn footstep voice door                         0.3 s
-    park               wind babble rumble room               bird footstep voice                              -
-    tram               motor rolling babble rumble room      clank squeal chime voice announce hiss           0.4 s
-    bus                engine rumble babble room             voice chime hiss door announce                   0.4 s
-    metro              rumble rolling motor babble room      clank squeal voice announce chime                0.5 s
+    scene              bed (textures)                           foreground (events)                               reverb
+    airport            babble hvac rolling room                 footstep voice announce click chime music         2.0 s
+    shopping_mall      babble hvac room                         footstep voice music clink announce               1.3 s
+    metro_station      babble rumble rolling motor hvac room    footstep voice announce squeal clank              2.2 s
+    street_pedestrian  babble rumble engine wind room           footstep voice bird music horn                    0.4 s
+    public_square      babble rumble wind rain room             footstep voice bird clink music                   0.3 s
+    street_traffic     rumble engine rolling wind babble room   horn footstep voice door squeal bird              0.3 s
+    park               wind babble rumble engine room           bird footstep voice music                         -
+    tram               motor rolling babble rumble engine room  clank squeal chime voice announce hiss footstep   0.4 s
+    bus                engine rumble rolling babble room        voice chime hiss door announce horn footstep      0.4 s
+    metro              rumble rolling motor babble room         clank squeal voice announce chime footstep        0.5 s
+
+Per clip, every part's level varies by +-6 dB, the scene's loudness by +-6 dB and its spectral tilt by +-1.5 dB/octave
+(where the microphone stood), and rare parts are often absent: one second of an airport may hold no announcement.
 
 Devices (:data:`DEVICES`): ``a`` (reference binaural mics), ``b``/``c`` (phones with EQ, noise and AGC) and simulated
-``s1``-``s3`` are seen in training; ``s4``-``s6`` (telephone band, strong resonances, clipping) appear only in
+``s1``-``s3`` are seen in training; ``s4``-``s6`` (new resonances, narrow band, AGC, clipping) appear only in
 ``test``, as in TAU22. Each device is a smooth EQ curve through a few (Hz, dB) points with high/low-pass roll-offs, a
 pink noise floor, a gain, and optionally AGC compression and soft clipping.
 
@@ -230,6 +234,7 @@ def _pool(table: dict, weights: dict[str, float]) -> tuple[list[str], np.ndarray
     return names, w / w.sum()
 
 
+@functools.lru_cache(maxsize=None)
 def _split_pools(split: str) -> tuple[tuple[list[str], np.ndarray], tuple[list[str], np.ndarray]]:
     """(devices, probabilities), (cities, probabilities) of a split: what is seen where."""
     seen_devices = {k: d.weight for k, d in DEVICES.items() if not d.test_only}
@@ -254,7 +259,10 @@ def _rng(seed: int, split: str, index: int) -> np.random.Generator:
 def _draw_plan(rng: np.random.Generator, split: str, index: int) -> tuple[str, str, str]:
     """(scene, device, city) of a clip: the first draws of its generator, so listing a split renders nothing."""
     (devices, pd), (cities, pc) = _split_pools(split)
-    scene = SCENE_NAMES[index % len(SCENES)] if split != "unlabelled" else SCENE_NAMES[rng.choice(len(SCENES), p=_PRIOR)]
+    if split == "unlabelled":
+        scene = SCENE_NAMES[rng.choice(len(SCENES), p=_PRIOR)]
+    else:
+        scene = SCENE_NAMES[index % len(SCENES)]  # balanced, and a clip's class is known without drawing anything
     return scene, devices[rng.choice(len(devices), p=pd)], cities[rng.choice(len(cities), p=pc)]
 
 
@@ -316,9 +324,9 @@ def _record(rng, spectrum: np.ndarray, g: sc.Grid, name: str) -> np.ndarray:
     """The scene's spectrum through device ``name``: EQ, gain, self-noise, AGC, soft clipping -> [n] float32."""
     d = DEVICES[name]
     response, floor = _device_response(name, g.rate, g.n)
-    z = rng.standard_normal((2, len(floor)), dtype=np.float32)
     x = spectrum * response * np.float32(10 ** ((d.gain + rng.uniform(-2, 2)) / 20))
-    x += (z[0] + 1j * z[1]) * (floor * np.float32(np.sqrt(0.5)))
+    x += sc.white(rng, floor.shape) * floor
+    x[0] = 0  # recorders block DC (the noise rows would otherwise leave a tiny random offset)
     y = np.fft.irfft(x, g.n, norm="ortho")
     if d.agc:
         y = _agc(y, g, d.agc)
@@ -356,7 +364,8 @@ def render_clip(seed: int, split: str, index: int, sample_rate: int = 16000, dur
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="corpus seed (default 0)")
-    parser.add_argument("--labelled", type=int, default=2000, help="labelled clips, balanced over scenes (default 2000)")
+    parser.add_argument("--labelled", type=int, default=2000,
+                        help="labelled clips, balanced over scenes (default 2000)")
     parser.add_argument("--val", type=int, default=400, help="validation clips (default 400)")
     parser.add_argument("--test", type=int, default=800,
                         help="test clips, incl. unseen devices s4-s6 and unseen cities (default 800)")
