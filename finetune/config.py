@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from finetune.heads import HeadConfig
-from pretrain.config import CheckpointConfig, DeepSpeedConfig, LogConfig, config_hash, merge_config
+from pretrain.config import CheckpointConfig, DeepSpeedConfig, LogConfig, OptimConfig, config_hash, merge_config
 from pretrain.encoder import EncoderConfig
 from shards.default import SyntheticDataConfig
 from shards.features import FeatureConfig
@@ -48,27 +48,21 @@ class AugmentConfig:
 
 
 @dataclass
-class FinetuneOptimConfig:
-    """AdamW with separate head / backbone rates, optional layer-wise decay, warm-up then cosine."""
+class FinetuneOptimConfig(OptimConfig):
+    """The pretraining optimizer settings plus separate head / backbone rates and layer-wise decay."""
 
     lr: float = 1e-4
     """Peak learning rate of the backbone's top block."""
+    weight_decay: float = 5e-4
+    min_lr: float = 1e-6
+    betas: tuple[float, float] = (0.9, 0.999)
     head_lr_scale: float = 10.0
     """Head (and layer weights) rate = lr x this (SSAST's ``head_lr``)."""
     layer_decay: float = 1.0
     """Block i of L gets lr x decay^(L - i); patch embedding and tokens decay^L (Audio-MAE: 0.75; 1 = off)."""
-    weight_decay: float = 5e-4
-    min_lr: float = 1e-6
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    warmup_steps: int = 50
-    schedule: str = "cosine"
-    clip_grad: float = 0.0
-    lr_batch_scale: bool = False
 
     def __post_init__(self) -> None:
-        if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"optim.schedule={self.schedule!r}: expected 'cosine' or 'constant'")
+        super().__post_init__()
         if not 0 < self.layer_decay <= 1:
             raise ValueError(f"optim.layer_decay={self.layer_decay}: expected 0 < decay <= 1")
 

@@ -26,7 +26,7 @@ from pretrain import distributed
 from pretrain.checkpoint import export_encoder
 from pretrain.config import merge_config
 from shards.default import ensure_synthetic
-from shards.errors import BadInput
+from shards.errors import BadInput, cli
 from shards.features import build_features
 from shards.stream import ShardSetConfig, open_shard_set
 
@@ -68,9 +68,7 @@ def run(cfg: SemiSupConfig, stop=None) -> dict[str, Any]:
     from rich.console import Console
     from rich.table import Table
 
-    env = distributed.detect()
-    distributed.init(env, cfg.deepspeed.backend)
-    device = distributed.device_for(env)
+    env, device = distributed.setup(cfg.deepspeed.backend)
     console = Console(stderr=True, quiet=not env.is_main)
     root = Path(cfg.run_dir or str(resolve_run_dir(cfg)).replace("/finetune/", "/semisup/")).resolve()
     unlabelled = cfg.unlabelled
@@ -134,12 +132,7 @@ def run(cfg: SemiSupConfig, stop=None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        run(load_semisup_config(sys.argv[1:] if argv is None else argv))
-    except BadInput as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return cli(lambda: run(load_semisup_config(sys.argv[1:] if argv is None else argv)))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ import logging
 import math
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -25,10 +24,10 @@ from finetune import metrics as M
 from finetune.config import FinetuneConfig, load_finetune_config, resolve_run_dir
 from finetune.model import build_classifier, finetune_groups
 from pretrain import checkpoint, distributed
-from pretrain.config import OptimConfig, to_yaml
+from pretrain.config import to_yaml
 from pretrain.engine import build_engine
 from shards.default import ensure_synthetic
-from shards.errors import BadInput
+from shards.errors import BadInput, cli
 from shards.features import build_features
 from shards.stream import ShardSet, ShardSetConfig, eval_batches, open_shard_set, train_loader
 
@@ -137,12 +136,7 @@ def run(cfg: FinetuneConfig, stop=None) -> dict[str, Any]:
     """Fine-tune, select on validation, test the best weights. Every rank calls this."""
     from rich.console import Console
 
-    env = distributed.detect()
-    distributed.init(env, cfg.deepspeed.backend)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(distributed.RankZeroFilter(env.rank))
-    device = distributed.device_for(env)
+    env, device = distributed.setup(cfg.deepspeed.backend)
     console = Console(stderr=True, quiet=not env.is_main)
     run_dir = resolve_run_dir(cfg)
     if env.is_main:
@@ -160,8 +154,7 @@ def run(cfg: FinetuneConfig, stop=None) -> dict[str, Any]:
                                    cfg.freeze_backbone)
     features = build_features(cfg.data.features).to(device)
     groups = finetune_groups(model, cfg.optim.head_lr_scale, cfg.optim.layer_decay, cfg.optim.weight_decay)
-    optim = OptimConfig(**{k: getattr(cfg.optim, k) for k in OptimConfig.__dataclass_fields__})
-    built = build_engine(model, cfg.deepspeed, optim, micro_batch=cfg.data.stream.batch_size, world=env.world_size,
+    built = build_engine(model, cfg.deepspeed, cfg.optim, micro_batch=cfg.data.stream.batch_size, world=env.world_size,
                          total_steps=cfg.steps, groups=groups)
     engine = built.engine
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.deepspeed.precision, torch.float32)
@@ -263,12 +256,7 @@ def report(run_dir: Path, pred: dict, classes: list[str], cfg: FinetuneConfig, m
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        run(load_finetune_config(sys.argv[1:] if argv is None else argv))
-    except BadInput as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return cli(lambda: run(load_finetune_config(sys.argv[1:] if argv is None else argv)))
 
 
 if __name__ == "__main__":

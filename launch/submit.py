@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from shards.errors import BadInput
+from shards.errors import BadInput, cli
 
 CLUSTERS = ("slurm", "local", "debug")
 
@@ -158,7 +158,7 @@ def submit(entry: Entry, argv: list[str] | None = None, prog: str | None = None)
     console.print(f"  logs        {run_dir / 'submitit' / str(job.job_id)}/*_log.{{out,err}}")
     if cluster == "slurm":
         console.print(f"  follow      squeue -j {job.job_id}; tail -f {run_dir}/submitit/{job.job_id}/*_0_log.err")
-        console.print(f"  resume      submit the same command again (same config -> same run folder)")
+        console.print("  resume      submit the same command again (same config -> same run folder)")
     if cluster == "slurm" or args.no_wait:
         return job
     return _follow(job, console)
@@ -183,9 +183,4 @@ def _follow(job, console) -> Any:
 
 
 def main(entry: Entry, argv: list[str] | None = None) -> int:
-    try:
-        submit(entry, argv)
-    except BadInput as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return cli(submit, entry, argv)

@@ -175,6 +175,9 @@ def merge_config(schema: type[T], argv: Sequence[str], config_dir: Path, selecto
     layers = [OmegaConf.structured(schema)]
     if selector is not None:
         choice = overrides.get(selector, default_selector)
+        if not (config_dir / f"{choice}.yaml").exists():
+            known = ", ".join(sorted(p.stem for p in config_dir.glob("*.yaml")))
+            raise BadInput(f"config: {selector}={choice!r}: expected one of {known}")
         layers.append(_load_yaml(config_dir / f"{choice}.yaml"))
     recipe = overrides.get("recipe")
     if recipe and recipe.lower() not in ("null", "none"):

@@ -79,6 +79,18 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
+def setup(backend: str = "auto") -> tuple[DistEnv, torch.device]:
+    """Everything a rank does first: find its place, join the process group, log on rank 0 only, pick its device."""
+    import sys
+
+    env = detect()
+    init(env, backend)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RankZeroFilter(env.rank))
+    return env, device_for(env)
+
+
 class RankZeroFilter(logging.Filter):
     """Let records through on rank 0 only (other ranks keep warnings and errors)."""
 

@@ -26,7 +26,7 @@ from pretrain import checkpoint, distributed
 from pretrain.config import PretrainConfig, config_hash, load_pretrain_config, to_yaml
 from pretrain.engine import build_engine
 from shards.default import ensure_synthetic
-from shards.errors import BadInput
+from shards.errors import cli
 from shards.features import build_features
 from shards.stream import ShardSetConfig, eval_batches, train_loader
 
@@ -161,12 +161,7 @@ def run(cfg: PretrainConfig, stop=None) -> dict[str, Any]:
     ``stop`` (a ``threading.Event``) asks the loop to save a checkpoint at the current step and return early; the
     summary then has ``stopped_at`` set (the launcher requeues the job, which resumes there).
     """
-    env = distributed.detect()
-    distributed.init(env, cfg.deepspeed.backend)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(distributed.RankZeroFilter(env.rank))
-    device = distributed.device_for(env)
+    env, device = distributed.setup(cfg.deepspeed.backend)
     run_dir = resolve_run_dir(cfg)
     ckpt_dir = run_dir / "checkpoints"
     if env.is_main:
@@ -279,14 +274,7 @@ def _progress_bar(console, cfg: PretrainConfig, start: int):
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        cfg = load_pretrain_config(argv)
-        run(cfg)
-    except BadInput as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return cli(lambda: run(load_pretrain_config(sys.argv[1:] if argv is None else argv)))
 
 
 if __name__ == "__main__":

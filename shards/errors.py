@@ -16,3 +16,15 @@ class BadInput(Exception):
 def at(path: str | Path, line: int | None = None) -> str:
     """``path`` or ``path:line``, the prefix of a :class:`BadInput` message."""
     return f"{path}:{line}" if line is not None else str(path)
+
+
+def cli(fn, *args, **kwargs) -> int:
+    """Run an entry point: :class:`BadInput` becomes one ``error:`` line on stderr and exit status 2."""
+    import sys
+
+    try:
+        fn(*args, **kwargs)
+    except BadInput as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

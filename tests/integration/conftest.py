@@ -1,7 +1,6 @@
 """Helpers to run the real pretraining entry point as N processes (the torchrun/deepspeed-launcher environment)."""
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess

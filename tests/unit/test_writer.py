@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import filecmp
-import functools
 import io
 import json
 import os
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 

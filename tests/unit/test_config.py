@@ -1,0 +1,71 @@
+"""The config trees: every YAML loads, overrides are checked, and the schema grows only on purpose."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from finetune.config import FinetuneConfig, load_finetune_config
+from finetune.semisup import SemiSupConfig
+from pretrain.config import CONFIG_DIR, PretrainConfig, config_hash, load_pretrain_config, to_yaml
+from shards.errors import BadInput
+
+SNAPSHOT = Path(__file__).with_name("config_keys.txt")
+
+
+@pytest.mark.parametrize("recipe", sorted(p.stem for p in (CONFIG_DIR / "recipes").glob("*.yaml")))
+def test_every_recipe_loads_and_validates(recipe):
+    method = "audiomae" if recipe.startswith("audiomae") else "ssast"
+    cfg = load_pretrain_config([f"method={method}", f"recipe={recipe}"])
+    assert cfg.model.encoder.size == "base" and cfg.model.encoder.target_frames == 1024
+    assert cfg.model.encoder.num_patches == 512
+
+
+def test_method_yaml_and_interpolation():
+    ssast = load_pretrain_config([])
+    assert ssast.method == "ssast" and ssast.ssast.encoder.cls_tokens == 2
+    mae = load_pretrain_config(["method=audiomae", "data.features.target_frames=128", "audiomae.window=[4,4]"])
+    assert mae.audiomae.encoder.target_frames == 128 and mae.audiomae.encoder.token_order == "time"
+    assert "ssast:" not in to_yaml(mae) and "audiomae:" in to_yaml(mae)
+
+
+@pytest.mark.parametrize("item,expected", [("optim.lrr=1", "optim.lrr"), ("optim.lr=fast", "optim.lr"),
+                                           ("method=byol", "method='byol'"), ("steps", "expected key=value"),
+                                           ("ssast.mask_patches=48", "ssast.mask_patches=48"),
+                                           ("recipe=nope", "nope.yaml: no such config file")])
+def test_bad_overrides_are_one_line(item, expected):
+    with pytest.raises(BadInput) as e:
+        load_pretrain_config([item])
+    assert expected in str(e.value) and "\n" not in str(e.value)
+
+
+def test_config_hash_names_the_run_by_what_changes_results():
+    a, b = load_pretrain_config([]), load_pretrain_config(["log.every_steps=1", "checkpoint.keep_last=9"])
+    assert config_hash(a) == config_hash(b) != config_hash(load_pretrain_config(["optim.lr=1e-3"]))
+
+
+def _keys(schema) -> list[str]:
+    tree = OmegaConf.to_container(OmegaConf.structured(schema))
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                yield from walk(v, f"{prefix}{k}.")
+        else:
+            yield prefix[:-1]
+    return sorted(walk(tree, ""))
+
+
+def test_schema_snapshot():
+    """Adding or renaming a config key is a deliberate act: update tests/unit/config_keys.txt with it."""
+    current = [f"pretrain {k}" for k in _keys(PretrainConfig)] + [f"finetune {k}" for k in _keys(FinetuneConfig)] + \
+              [f"semisup {k}" for k in _keys(SemiSupConfig) if k.split(".")[0] in ("unlabelled", "pseudo", "pseudo_weight")]
+    if not SNAPSHOT.exists():  # first run writes it
+        SNAPSHOT.write_text("\n".join(current) + "\n")
+    assert current == SNAPSHOT.read_text().split("\n")[:-1], "config keys changed: update tests/unit/config_keys.txt"
+
+
+def test_finetune_defaults_are_the_tau_shape():
+    cfg = load_finetune_config([])
+    assert (cfg.encoder.stride_freq, cfg.encoder.stride_time, cfg.data.features.target_frames) == (10, 10, 100)
