@@ -18,3 +18,13 @@ def tone_shards(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tones")
     build_tiny(out, n=64, shard_size=8, seconds=0.5)
     return out
+
+
+@pytest.fixture(scope="session")
+def scene_shards(tmp_path_factory) -> Path:
+    """A small build of the synthetic acoustic-scene corpus (the embedded default), 1 s clips at 16 kHz."""
+    from shards.default import SyntheticDataConfig, ensure_synthetic
+
+    cfg = SyntheticDataConfig(root=str(tmp_path_factory.mktemp("scenes")), labelled=160, val=60, test=100,
+                              unlabelled=160)
+    return ensure_synthetic(cfg, 16000, workers=2)

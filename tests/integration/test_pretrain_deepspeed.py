@@ -15,9 +15,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("method,stage,precision", [("ssast", 2, "fp32"), ("audiomae", 3, "bf16")])
-def test_two_ranks_train_and_loss_decreases(tmp_path, tone_shards, method, stage, precision):
+def test_two_ranks_train_and_loss_decreases(tmp_path, scene_shards, method, stage, precision):
+    """On the synthetic scene corpus's unlabelled split (what pretraining uses by default)."""
     run = tmp_path / "run"
-    overrides = tiny_overrides(method, tone_shards, run, steps=12,
+    overrides = tiny_overrides(method, scene_shards, run, steps=12, split="unlabelled",
                                extra=[f"deepspeed.zero_stage={stage}", f"deepspeed.precision={precision}"])
     wait_ok(start_ranks(2, overrides, tmp_path / "logs"), tmp_path / "logs")
     metrics = read_metrics(run)
