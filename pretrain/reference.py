@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pretrain.encoder import DropPath  # the same per-sample stochastic depth as timm's
+
 # model_size -> (width, heads) of timm's vit_deit_{tiny,small}_distilled_patch16_224 / base_..._384.
 AST_SIZES = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}
 TIMM_CLASSES = 1000  # the unused ImageNet heads v.head / v.head_dist
@@ -59,20 +61,6 @@ class Mlp(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.act(self.fc1(x)))
-
-
-class DropPath(nn.Module):
-    """timm ``DropPath`` (per-sample stochastic depth); identity at p=0 or in eval mode."""
-
-    def __init__(self, p: float = 0.0) -> None:
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1.0 - self.p)
-        return x * keep / (1.0 - self.p)
 
 
 class Block(nn.Module):
@@ -128,12 +116,13 @@ class DeiTDistilled(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------- masking
-def gen_maskid_patch(sequence_len: int, mask_size: int, p_t_dim: int, cluster: int = 3) -> Tensor:
-    """ast_models.py ``gen_maskid_patch`` verbatim (Python ``random``; CPython's set order keeps the lowest ids)."""
+def gen_maskid_patch(sequence_len: int, mask_size: int, p_t_dim: int, cluster: int = 3, rng=random) -> Tensor:
+    """ast_models.py ``gen_maskid_patch`` verbatim (Python ``random``, or a seeded ``random.Random`` as ``rng``;
+    CPython's set order keeps the lowest ids)."""
     mask_id: list[int] = []
-    cur_clus = random.randrange(cluster) + 3  # cluster side in [3, 6)
+    cur_clus = rng.randrange(cluster) + 3  # cluster side in [3, 6)
     while len(list(set(mask_id))) <= mask_size:
-        start_id = random.randrange(sequence_len)
+        start_id = rng.randrange(sequence_len)
         cur_mask = []
         for i in range(0, cur_clus):
             for j in range(0, cur_clus):

@@ -5,6 +5,8 @@ import random
 import time
 
 import torch
+
+from pretrain.reference import gen_maskid_patch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,22 +19,6 @@ OFFICIAL_ROW_RATES = torch.tensor([0.42, 0.67, 0.81, 0.87, 0.89, 0.89, 0.89, 0.8
 
 def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-def _official_gen_maskid_patch(rng: random.Random, sequence_len=512, mask_size=400, cluster=3, p_t_dim=64):
-    """Literal copy of SSAST ast_models.py ``gen_maskid_patch`` (randrange -> a seeded random.Random)."""
-    mask_id = []
-    cur_clus = rng.randrange(cluster) + 3
-    while len(list(set(mask_id))) <= mask_size:
-        start_id = rng.randrange(sequence_len)
-        cur_mask = []
-        for i in range(0, cur_clus):
-            for j in range(0, cur_clus):
-                mask_cand = start_id + p_t_dim * i + j
-                if mask_cand > 0 and mask_cand < sequence_len:
-                    cur_mask.append(mask_cand)
-        mask_id = mask_id + cur_mask
-    return list(set(mask_id))[:mask_size]
 
 
 def _row_rates(ids: torch.Tensor, grid=(8, 64)) -> torch.Tensor:
@@ -57,7 +43,7 @@ def test_cluster_mask_is_deterministic_given_the_generator():
 def test_faithful_row_profile_matches_official_generator():
     ours = _row_rates(ssast_cluster_mask(400, (8, 64), 400, generator=gen(1)))
     rng = random.Random(0)
-    official = _row_rates(torch.tensor([_official_gen_maskid_patch(rng) for _ in range(150)]))
+    official = _row_rates(torch.tensor([gen_maskid_patch(512, 400, 64, rng=rng).tolist() for _ in range(150)]))
     assert torch.allclose(ours, OFFICIAL_ROW_RATES, atol=0.02), ours
     assert torch.allclose(official, OFFICIAL_ROW_RATES, atol=0.03), official
     fixed = _row_rates(ssast_cluster_mask(400, (8, 64), 400, generator=gen(1), faithful=False))
