@@ -82,8 +82,9 @@ def main() -> int:
     if "pretraining" in tables:
         mae = _pretrain("audiomae", out, args.pretrain_steps)
         rows = {}
-        for name, ckpt in (("from scratch", "none"), ("SSAST-pretrained", ssast), ("Audio-MAE-pretrained", mae)):
-            rows[name] = [_finetune(out / "pretraining" / f"{name.split()[0].lower()}-seed{s}",
+        for name, slug, ckpt in (("from scratch", "scratch", "none"), ("SSAST-pretrained", "ssast", ssast),
+                                 ("Audio-MAE-pretrained", "audiomae", mae)):
+            rows[name] = [_finetune(out / "pretraining" / f"{slug}-seed{s}",
                                     [f"ckpt={ckpt}", f"seed={s}", "head.kind=mean", *common])
                           for s in range(args.seeds)]
         table = results_table(rows, title="What pretraining is worth (mean head, full fine-tuning)")
