@@ -45,6 +45,17 @@ class AugmentConfig:
     """Probability that a clip is mixed with another clip of the batch (waveform mixup, SSAST's loader)."""
     mixup_alpha: float = 10.0
     """lambda ~ Beta(alpha, alpha); SSAST and Audio-MAE use 10."""
+    token_mask_time: float = 0.0
+    """Fraction of the token grid's time steps dropped while training (Audio-MAE fine-tuning ``mask_t_prob``: 0.2)."""
+    token_mask_freq: float = 0.0
+    """Fraction of the token grid's frequency bands dropped while training (Audio-MAE ``mask_f_prob``: 0.2)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.mixup <= 1.0:
+            raise ValueError(f"augment.mixup={self.mixup}: expected a probability in [0, 1]")
+        for name in ("token_mask_time", "token_mask_freq"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"augment.{name}={getattr(self, name)}: expected a fraction in [0, 1)")
 
 
 @dataclass

@@ -33,13 +33,14 @@ class Classifier(nn.Module):
             self.encoder.eval()  # a frozen backbone is a fixed feature extractor: no drop-path
         return self
 
-    def forward(self, fbank: Tensor) -> Tensor:
+    def forward(self, fbank: Tensor, ids_keep: Tensor | None = None) -> Tensor:
+        """``ids_keep`` [B, K]: the tokens kept by fine-tune-time masking (drawn by the loop, never in here)."""
         needs_layers = getattr(self.head, "needs_layers", True)
         if self.frozen_backbone:
             with torch.no_grad():
-                out = self.encoder(fbank, return_layers=needs_layers)
+                out = self.encoder(fbank, return_layers=needs_layers, ids_keep=ids_keep)
         else:
-            out = self.encoder(fbank, return_layers=needs_layers)
+            out = self.encoder(fbank, return_layers=needs_layers, ids_keep=ids_keep)
         return self.head(out.last, out.layers, out.num_cls)
 
 

@@ -26,6 +26,7 @@ from finetune.model import build_classifier, finetune_groups
 from pretrain import checkpoint, distributed
 from pretrain.config import to_yaml
 from pretrain.engine import build_engine
+from pretrain.masking import mae_mask_2d
 from shards.default import ensure_synthetic
 from shards.errors import BadInput, cli
 from shards.features import build_features
@@ -106,6 +107,15 @@ def _loss(logits: torch.Tensor, target: torch.Tensor, multi_label: bool) -> torc
 
 def _targets(label: torch.Tensor, num_classes: int, multi_label: bool) -> torch.Tensor:
     return label.float() if multi_label else F.one_hot(label.clamp(min=0), num_classes).float()
+
+
+def _token_mask(cfg: FinetuneConfig, encoder, batch: int, gen: torch.Generator) -> tuple:
+    """Audio-MAE's fine-tune-time masking of whole time steps / frequency bands of the token grid (or nothing)."""
+    rt, rf = cfg.augment.token_mask_time, cfg.augment.token_mask_freq
+    if rt == 0 and rf == 0:
+        return ()
+    ids_keep, _, _ = mae_mask_2d(batch, encoder.grid, rt, rf, generator=gen, token_order=encoder.cfg.token_order)
+    return (ids_keep,)
 
 
 def mixup(wave: torch.Tensor, target: torch.Tensor, prob: float, alpha: float, gen: torch.Generator):
@@ -189,7 +199,7 @@ def run(cfg: FinetuneConfig, stop=None) -> dict[str, Any]:
             target = _targets(batch.label, len(classes), multi)
             wave, target = mixup(batch.wave, target, cfg.augment.mixup, cfg.augment.mixup_alpha, gen)
             fbank = features(wave.to(device, non_blocking=True)).to(dtype)
-            logits = engine(fbank)
+            logits = engine(fbank, *_token_mask(cfg, model.encoder, fbank.shape[0], gen))
             loss = _loss(logits, target.to(device), multi)
             engine.backward(loss)
             engine.step()

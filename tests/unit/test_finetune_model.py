@@ -62,3 +62,13 @@ def test_wrong_checkpoints_are_refused_in_one_line(tmp_path):
     assert str(bad) in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(BadInput, match="no such file"):
         build_classifier(str(tmp_path / "missing.pt"), {}, SCRATCH, HeadConfig(), 5, False)
+
+
+def test_token_masking_keeps_the_drawn_tokens_only():
+    from pretrain.masking import mae_mask_2d
+
+    model = _model("pre_norm")
+    ids_keep, _, _ = mae_mask_2d(2, model.encoder.grid, 0.2, 0.2, generator=torch.Generator().manual_seed(0),
+                                 token_order=model.encoder.cfg.token_order)
+    assert ids_keep.shape == (2, int(4 * 0.8) * int(12 * 0.8))
+    assert model(torch.randn(2, 48, 128), ids_keep).shape == (2, 5)
