@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pretrain.encoder import DropPath  # the same per-sample stochastic depth as timm's
+from pretrain.encoder import DropPath, Mlp  # timm's stochastic depth and GELU MLP, identical here
 
 # model_size -> (width, heads) of timm's vit_deit_{tiny,small}_distilled_patch16_224 / base_..._384.
 AST_SIZES = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}
@@ -50,17 +50,6 @@ class Attention(nn.Module):
         attn = (q @ k.transpose(-2, -1)) * self.scale
         attn = attn.softmax(dim=-1)
         return self.proj((attn @ v).transpose(1, 2).reshape(B, N, C))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class Block(nn.Module):
