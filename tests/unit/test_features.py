@@ -22,12 +22,12 @@ from shards.features import (
     cpjku_mel,
     crop_or_pad,
     fbank,
-    main,
     measure_stats,
     noise_and_shift,
     normalize,
     spec_augment,
 )
+from shards.norm_stats import main as norm_stats_main
 
 TOL = 1e-3  # max abs difference allowed on the log-mel values
 LOG_EPS = math.log(torch.finfo(torch.float32).eps)  # kaldi's floor: log(float eps) = -15.94
@@ -341,17 +341,17 @@ def _override(text: str) -> tuple[float, float]:
 def test_stats_command(tiny_shards, capsys):
     folder, clips = tiny_shards
     decoded = [torch.from_numpy(decode_flac(encode_flac(x, 16000))[0]) for x in clips]  # 16-bit FLAC round trip
-    assert main(["stats", str(folder), "--split", "train"]) == 0
+    assert norm_stats_main([str(folder), "--split", "train"]) == 0
     mean, std = _override(capsys.readouterr().out)
     want = measure_stats(fbank(x[None]) for x in decoded)
     assert mean == pytest.approx(want[0], abs=1e-6) and std == pytest.approx(want[1], abs=1e-6)
 
-    assert main(["stats", str(folder / "train-{000000..000001}.tar"), "--clips", "3", "--target-frames", "100"]) == 0
+    assert norm_stats_main([str(folder / "train-{000000..000001}.tar"), "--clips", "3", "--target-frames", "100"]) == 0
     mean3, std3 = _override(capsys.readouterr().out)
     want3 = measure_stats(crop_or_pad(fbank(x[None]), 100) for x in decoded[:3])
     assert mean3 == pytest.approx(want3[0], abs=1e-6) and std3 == pytest.approx(want3[1], abs=1e-6)
 
-    assert main(["stats", str(folder), "--split", "test"]) == 2  # no such split: one error line
+    assert norm_stats_main([str(folder), "--split", "test"]) == 2  # no such split: one error line
     assert "no split 'test'" in capsys.readouterr().err
-    assert main(["stats", str(folder / "nowhere")]) == 2
+    assert norm_stats_main([str(folder / "nowhere")]) == 2
     assert "no such shard" in capsys.readouterr().err
