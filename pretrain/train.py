@@ -230,7 +230,7 @@ def run(cfg: PretrainConfig, stop=None) -> dict[str, Any]:
                 if cfg.data.val is not None:
                     record.update(evaluate(engine, features, cfg, env, device, dtype))
                 progress.write(record)
-                if not cfg.log.progress:
+                if not (cfg.log.progress and console.is_terminal):  # logs (SLURM, local jobs) get lines
                     console.print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                            for k, v in record.items()))
                 running, counted, data_wait, t0 = {}, 0, 0.0, time.perf_counter()
