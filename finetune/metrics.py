@@ -12,11 +12,12 @@ import io
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
+
+from shards.atomic import atomic_write
 
 GROUP_KEYS = ("device", "city", "domain")
 
@@ -201,26 +202,9 @@ def evaluate_predictions(probs: Any, labels: Any, classes: Sequence[str], meta: 
     return _jsonable(out)
 
 
-def _atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write to a temporary file in the same folder, fsync, then ``os.replace``: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_metrics(path: str | os.PathLike, metrics: Mapping[str, Any]) -> Path:
     """metrics.json, atomically; NaN becomes null so any JSON reader can load it."""
-    return _atomic_write_text(path, json.dumps(_jsonable(metrics), indent=2, allow_nan=False) + "\n")
+    return atomic_write(path, json.dumps(_jsonable(metrics), indent=2, allow_nan=False) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -263,7 +247,7 @@ def write_predictions(path: str | os.PathLike, keys: Sequence[str], probs: Any, 
         writer.writerow([*_FIXED_COLUMNS, *classes])
         writer.writerows([k, y, p, *(repr(float(v)) for v in row)] for k, y, p, row in rows)
         text = buf.getvalue()
-    return _atomic_write_text(path, text)
+    return atomic_write(path, text)
 
 
 def read_predictions(path: str | os.PathLike) -> Predictions:

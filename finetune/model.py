@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from finetune.heads import HeadConfig, build_head, set_requires_grad
 from pretrain.encoder import Encoder, EncoderConfig
+from pretrain.engine import decays
 from shards.errors import BadInput
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def finetune_groups(model: Classifier, lr_scale_head: float, layer_decay: float,
             scale = 1.0  # the final norm sits with the top layer (layer id L+1, as fc_norm in Audio-MAE)
         else:
             scale = layer_decay ** (depth + 1)
-        decay = 0.0 if (p.ndim <= 1 or name.endswith(".bias") or any(s in name for s in NO_DECAY)) else weight_decay
+        decay = weight_decay if decays(name, p, NO_DECAY) else 0.0
         groups.setdefault((scale, decay), []).append(p)
     return [{"params": ps, "lr_scale": s, "weight_decay": d} for (s, d), ps in sorted(groups.items())]
 

@@ -19,7 +19,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from shards.errors import BadInput
-from shards.writer import _MTIME, FORMAT, MANIFEST, _fsync_write
+from shards.atomic import atomic_write
+from shards.writer import FORMAT, MANIFEST, tar_writer
 
 SPLIT = "pseudo"
 
@@ -261,7 +262,6 @@ def write_pseudo_shards(source_dir: Path, split: str, keys: Sequence[str], selec
     a folder without manifest starts over). Source clips the teacher did not predict (e.g. corrupt ones dropped by the
     prediction pass) are counted in ``pseudo.unpredicted``; a predicted key missing from the source is refused.
     """
-    import webdataset as wds
 
     source_dir, out_dir = Path(source_dir), Path(out_dir)
     probs = _check_probs(probs)
@@ -304,7 +304,7 @@ def write_pseudo_shards(source_dir: Path, split: str, keys: Sequence[str], selec
             if sink is None:  # a new shard
                 written.append(f"{SPLIT}-{len(shards):06d}.tar")
                 f = open(partial / written[-1], "wb")
-                sink = wds.TarWriter(f, encoder=False, mtime=_MTIME, user="tessera", group="tessera")
+                sink = tar_writer(f)
                 count, seconds = 0, 0.0
             label = int(selection.labels[j])
             if "true_label" not in meta and meta.get("label") is not None:
@@ -345,8 +345,7 @@ def write_pseudo_shards(source_dir: Path, split: str, keys: Sequence[str], selec
         "pseudo": {"config": dataclasses.asdict(cfg), "teacher": str(teacher), "source_dir": str(source_dir),
                    "source_split": split, "unpredicted": len(truth) - len(keys), "report": report},
     }
-    _fsync_write(out_dir / (MANIFEST + ".tmp"), json.dumps(manifest, indent=1, ensure_ascii=False).encode())
-    os.replace(out_dir / (MANIFEST + ".tmp"), out_dir / MANIFEST)
+    atomic_write(out_dir / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False))
     return manifest
 
 

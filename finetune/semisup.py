@@ -64,22 +64,30 @@ def _teacher_encoder(best: Path, out: Path, method: str = "teacher") -> Path:
     return out
 
 
+def resolve_semisup_dir(cfg: SemiSupConfig) -> Path:
+    """``run_dir``, or runs/semisup/<head>-<config hash> (the fine-tuning name, under semisup/)."""
+    return Path(cfg.run_dir or str(resolve_run_dir(cfg)).replace("/finetune/", "/semisup/")).resolve()
+
+
+def _labelled_and_unlabelled(cfg: SemiSupConfig) -> tuple[list[ShardSetConfig], ShardSetConfig]:
+    """The labelled sets and the unlabelled split; the synthetic corpus's when no training data is given."""
+    if cfg.data.train:
+        if cfg.unlabelled is None:
+            raise BadInput("unlabelled: no unlabelled shard set given (unlabelled={path: ..., split: ...})")
+        return list(cfg.data.train), cfg.unlabelled
+    root = str(ensure_synthetic(cfg.data.synthetic, cfg.data.stream.sample_rate))
+    return [ShardSetConfig(root, "labelled")], cfg.unlabelled or ShardSetConfig(root, "unlabelled")
+
+
 def run(cfg: SemiSupConfig, stop=None) -> dict[str, Any]:
     from rich.console import Console
     from rich.table import Table
 
     env, device = distributed.setup(cfg.deepspeed.backend)
     console = Console(stderr=True, quiet=not env.is_main)
-    root = Path(cfg.run_dir or str(resolve_run_dir(cfg)).replace("/finetune/", "/semisup/")).resolve()
-    unlabelled = cfg.unlabelled
-    if unlabelled is None:
-        if cfg.data.train:
-            raise BadInput("unlabelled: no unlabelled shard set given (unlabelled={path: ..., split: ...})")
-        unlabelled = ShardSetConfig(str(ensure_synthetic(cfg.data.synthetic, cfg.data.stream.sample_rate)),
-                                    "unlabelled")
+    root = resolve_semisup_dir(cfg)
+    labelled, unlabelled = _labelled_and_unlabelled(cfg)
     u_set = open_shard_set(unlabelled)  # refuses an empty or missing split in one line
-    labelled = list(cfg.data.train) or [ShardSetConfig(str(ensure_synthetic(cfg.data.synthetic,
-                                                                            cfg.data.stream.sample_rate)), "labelled")]
     rows: list[dict[str, Any]] = []
     teacher_dir = root / "round0-teacher"
     _, summary = _finetune(cfg, teacher_dir, data=dataclasses.replace(cfg.data, train=labelled))

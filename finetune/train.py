@@ -26,7 +26,9 @@ from finetune.model import build_classifier, finetune_groups
 from pretrain import checkpoint, distributed
 from pretrain.config import to_yaml
 from pretrain.engine import build_engine
+from pretrain.train import step_seed
 from pretrain.masking import mae_mask_2d
+from shards.atomic import replacing
 from shards.default import ensure_synthetic
 from shards.errors import BadInput, cli
 from shards.features import build_features
@@ -50,7 +52,7 @@ def resolve_data(cfg: FinetuneConfig, console=None) -> tuple[list[ShardSet], Sha
     for s, c in zip(sets, train):
         if s.classes != classes:
             raise BadInput(f"{c.path}: class list differs from {train[0].path} ({len(s.classes)} vs {len(classes)})")
-        if not _labelled(c):
+        if not s.labelled:
             raise BadInput(f"{c.path}: split {c.split!r} has no labels (a labelled split is needed for fine-tuning)")
     if not classes:
         raise BadInput(f"{train[0].path}: the corpus has no class list; it cannot be used for classification")
@@ -63,11 +65,6 @@ def resolve_data(cfg: FinetuneConfig, console=None) -> tuple[list[ShardSet], Sha
         if s is not None and s.classes != classes:
             raise BadInput(f"{c.path}: class list differs from the training data's")
     return sets, opened[0], opened[1]
-
-
-def _labelled(c: ShardSetConfig) -> bool:
-    manifest = json.loads((Path(c.path) / "manifest.json").read_text())
-    return bool(manifest["splits"][c.split].get("label_histogram"))
 
 
 def predict(model, features, s: ShardSet, cfg: FinetuneConfig, env, device, dtype) -> dict[str, Any]:
@@ -137,9 +134,8 @@ def save_best(path: Path, model, cfg: FinetuneConfig, classes: list[str], step: 
     payload = {"format": CLASSIFIER_FORMAT, "encoder": asdict(model.encoder.cfg), "head": asdict(cfg.head),
                "classes": classes, "step": step, "val": val, "pretrained": info,
                "state_dict": {k: v.detach().float().cpu() for k, v in model.state_dict().items()}}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    with replacing(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def run(cfg: FinetuneConfig, stop=None) -> dict[str, Any]:
@@ -152,9 +148,9 @@ def run(cfg: FinetuneConfig, stop=None) -> dict[str, Any]:
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
-        resolve_data(cfg, console)  # builds the synthetic corpus once, on rank 0
+    data = resolve_data(cfg, console) if env.is_main else None  # rank 0 builds the synthetic corpus if needed
     distributed.barrier()
-    train_sets, val_set, test_set = resolve_data(cfg)
+    train_sets, val_set, test_set = data or resolve_data(cfg)
     classes, multi = train_sets[0].classes, train_sets[0].multi_label
 
     torch.manual_seed(cfg.seed)
@@ -192,7 +188,7 @@ def run(cfg: FinetuneConfig, stop=None) -> dict[str, Any]:
     for step in range(start, cfg.steps):
         for micro in range(accum):
             micro_step = step * accum + micro
-            seed = int(np.random.SeedSequence([cfg.seed, env.rank, micro_step]).generate_state(1)[0])
+            seed = step_seed(cfg.seed, env.rank, micro_step)
             torch.manual_seed(seed)
             gen = torch.Generator().manual_seed(seed)
             batch = next(batches)

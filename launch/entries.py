@@ -1,7 +1,6 @@
 """The commands the launcher knows: how each reads its config and what each task runs."""
 from __future__ import annotations
 
-from pathlib import Path
 
 from launch.submit import Entry
 
@@ -55,9 +54,9 @@ def _semisup_config(argv):
 
 
 def _semisup_run_dir(cfg):
-    from finetune.config import resolve_run_dir
+    from finetune.semisup import resolve_semisup_dir
 
-    return Path(str(resolve_run_dir(cfg)).replace("/finetune/", "/semisup/"))
+    return resolve_semisup_dir(cfg)
 
 
 PSEUDOLABEL = Entry("pseudolabel", _semisup_config, _semisup_run_dir, "finetune.semisup:run", _finetune_prepare)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 
 from pretrain.distributed import barrier
+from shards.atomic import atomic_write, replacing
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +41,6 @@ def complete_checkpoints(ckpt_dir: Path) -> list[Path]:
     return sorted(p for p in ckpt_dir.iterdir() if p.is_dir() and (p / "COMPLETE").exists())
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save(engine, ckpt_dir: Path, step: int, client_state: dict[str, Any], keep_last: int, is_main: bool) -> Path:
     """Save a checkpoint on every rank and mark it complete (collective: all ranks must call)."""
     tag = tag_for(step)
@@ -57,8 +48,8 @@ def save(engine, ckpt_dir: Path, step: int, client_state: dict[str, Any], keep_l
     barrier()  # every rank's shards are on disk
     path = ckpt_dir / tag
     if is_main:
-        _atomic_write(path / "COMPLETE", json.dumps({"step": step}))
-        _atomic_write(ckpt_dir / "latest", tag)
+        atomic_write(path / "COMPLETE", json.dumps({"step": step}))
+        atomic_write(ckpt_dir / "latest", tag)
         for old in complete_checkpoints(ckpt_dir)[:-keep_last] if keep_last > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     barrier()
@@ -114,6 +105,5 @@ def export_encoder(path: Path, encoder: torch.nn.Module, state_dict: dict[str, t
         "step": step,
         **(extra or {}),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        torch.save(payload, tmp)

@@ -45,6 +45,12 @@ def deepspeed_config(ds: DeepSpeedConfig, optim: OptimConfig, micro_batch: int, 
     return config
 
 
+def decays(name: str, p: nn.Parameter, no_decay: Iterable[str] = ()) -> bool:
+    """Whether weight decay applies: never to 1-D parameters (norms, ``tau``), biases, or names containing an entry
+    of ``no_decay`` (timm 0.3.2 ``add_weight_decay`` and its ``skip_list``)."""
+    return not (p.ndim <= 1 or name.endswith(".bias") or any(s in name for s in no_decay))
+
+
 def param_groups(model: nn.Module, weight_decay: float, no_decay: Iterable[str] = ()) -> list[dict[str, Any]]:
     """Two groups as MAE pretraining builds them (timm 0.3.2 ``add_weight_decay``): no decay on 1-D parameters (norms,
     ``tau``) and biases; tokens and learned positions are decayed unless named in ``no_decay`` (substring match, as
@@ -52,12 +58,8 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay: Iterable[str] 
     skip = tuple(no_decay)
     decay, plain = [], []
     for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim <= 1 or name.endswith(".bias") or any(s in name for s in skip):
-            plain.append(p)
-        else:
-            decay.append(p)
+        if p.requires_grad:
+            (decay if decays(name, p, skip) else plain).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
 
 

@@ -18,17 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 from torch import nn
 
 from pretrain import checkpoint, distributed
 from pretrain.config import PretrainConfig, config_hash, load_pretrain_config, to_yaml
 from pretrain.engine import build_engine
+from shards.atomic import atomic_write
 from shards.default import ensure_synthetic
 from shards.errors import cli
 from shards.features import build_features
-from shards.stream import ShardSetConfig, eval_batches, train_loader
+from shards.stream import ShardSetConfig, derive_seed, eval_batches, train_loader
 
 log = logging.getLogger("pretrain")
 
@@ -57,8 +57,9 @@ def resolve_data(cfg: PretrainConfig, console=None) -> list[ShardSetConfig]:
     return [ShardSetConfig(str(root), "unlabelled", 3.0), ShardSetConfig(str(root), "labelled", 1.0)]
 
 
-def _step_seed(seed: int, rank: int, micro_step: int) -> int:
-    return int(np.random.SeedSequence([seed, rank, micro_step, 0x5EED]).generate_state(1)[0])
+def step_seed(seed: int, rank: int, micro_step: int) -> int:
+    """Seed of a step's masks and dropout (salted: never equal to a data-stream seed of the same numbers)."""
+    return derive_seed(seed, rank, micro_step, 0x5EED)
 
 
 @dataclass
@@ -81,9 +82,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if not path.exists():
         return
     kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    atomic_write(path, "".join(line + "\n" for line in kept))
 
 
 def _describe(cfg: PretrainConfig, model: nn.Module, world: int, peak_lr: float, run_dir: Path, start: int) -> str:
@@ -135,7 +134,7 @@ def evaluate(engine, features, cfg: PretrainConfig, env, device, dtype) -> dict[
     with torch.no_grad():
         for i, batch in enumerate(eval_batches(cfg.data.val, cfg.data.stream, rank=env.rank, world=env.world_size)):
             fbank = features(batch.wave.to(device)).to(dtype)
-            gen = torch.Generator().manual_seed(_step_seed(cfg.seed + 1, env.rank, i))
+            gen = torch.Generator().manual_seed(step_seed(cfg.seed + 1, env.rank, i))
             out = engine(fbank, *model.draw_masks(fbank.shape[0], gen))
             for k, v in _scalars(out).items():
                 totals[k] = totals.get(k, 0.0) + v
@@ -208,8 +207,9 @@ def run(cfg: PretrainConfig, stop=None) -> dict[str, Any]:
                 t_wait = time.perf_counter()
                 batch = next(batches)
                 data_wait += time.perf_counter() - t_wait
-                torch.manual_seed(_step_seed(cfg.seed, env.rank, micro_step))  # dropout / drop-path
-                gen = torch.Generator().manual_seed(_step_seed(cfg.seed, env.rank, micro_step))
+                seed = step_seed(cfg.seed, env.rank, micro_step)
+                torch.manual_seed(seed)  # dropout / drop-path
+                gen = torch.Generator().manual_seed(seed)  # masks
                 fbank = features(batch.wave.to(device, non_blocking=True)).to(dtype)
                 out = engine(fbank, *model.draw_masks(fbank.shape[0], gen))
                 engine.backward(out.loss)

@@ -122,6 +122,8 @@ class ShardSet:
     sample_rate: int
     weight: float = 1.0
     name: str = ""
+    labelled: bool = False
+    """Whether the split carries labels (its manifest label histogram is not empty)."""
 
     @property
     def num_clips(self) -> int:
@@ -150,6 +152,7 @@ def open_shard_set(cfg: ShardSetConfig) -> ShardSet:
         sample_rate=int(entry.get("sample_rate", manifest.get("sample_rate"))),
         weight=cfg.weight,
         name=f"{folder.name}/{cfg.split}",
+        labelled=bool(entry.get("label_histogram")),
     )
 
 
@@ -244,7 +247,8 @@ def _decode(sample: dict, counter: _Counter) -> tuple[np.ndarray, dict] | None:
 # Training stream
 
 
-def _seed(*parts: int) -> int:
+def derive_seed(*parts: int) -> int:
+    """A 64-bit seed that is a pure function of ``parts`` (e.g. seed, rank, step): independent streams per tuple."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0])
 
 
@@ -265,10 +269,10 @@ class TrainStream(IterableDataset):
 
     def _slot_samples(self, slot: int, segment: int, counter: _Counter) -> Iterator[tuple[dict, ShardSet]]:
         """The shuffled, mixed (undecoded) samples of one slot's segment."""
-        rng = random.Random(_seed(self.cfg.seed, self.rank, slot, segment))
+        rng = random.Random(derive_seed(self.cfg.seed, self.rank, slot, segment))
         streams = []
         for k, s in enumerate(self.sets):
-            set_rng = random.Random(_seed(self.cfg.seed, self.rank, slot, segment, k + 1))
+            set_rng = random.Random(derive_seed(self.cfg.seed, self.rank, slot, segment, k + 1))
             pipeline = wds.DataPipeline(
                 functools.partial(_resampled_urls, s.urls, set_rng),  # shards with replacement: no rank ever runs dry
                 wds.tarfile_to_samples(handler=lambda e: counter.skip("shard", e)),  # tar -> samples; bad tar ends
@@ -299,7 +303,7 @@ class TrainStream(IterableDataset):
                         continue
                     x, meta = decoded
                     meta["shard_set"] = s.name
-                    crop_rng = np.random.default_rng(_seed(cfg.seed, self.rank, slot, segment, batch_index, n))
+                    crop_rng = np.random.default_rng(derive_seed(cfg.seed, self.rank, slot, segment, batch_index, n))
                     offset = int(crop_rng.integers(0, len(x) - self.clip_samples + 1)) if len(x) > self.clip_samples else 0
                     rows.append((_fit(x, self.clip_samples, offset), _labels(meta, s, self.classes), sample["__key__"], meta))
                 yield _collate(rows, num_classes, self.multi_label, counter.corrupt)

@@ -28,13 +28,14 @@ from typing import Any, Sequence
 import multiprocessing as mp
 
 from shards import audio
+from shards.atomic import atomic_write
 from shards.clip import Clip, Corpus
 from shards.errors import BadInput
 
 MANIFEST = "manifest.json"
 FORMAT = "tessera-shards/1"
 # A fixed member mtime makes tars byte-identical across rebuilds (TarWriter would stamp time.time() otherwise).
-_MTIME = 1_600_000_000
+TAR_MTIME = 1_600_000_000
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,14 @@ class BuildOptions:
     def signature(self) -> dict[str, Any]:
         """What must match for a build to resume (``workers`` does not change any byte)."""
         return {"sample_rate": self.sample_rate, "shard_size": self.shard_size, "flac_subtype": self.flac_subtype}
+
+
+def tar_writer(fileobj):
+    """A WebDataset TarWriter over an open file that gives the same bytes for the same samples (fixed member
+    mtime and owner, no re-encoding: fields must already be bytes)."""
+    import webdataset as wds
+
+    return wds.TarWriter(fileobj, encoder=False, mtime=TAR_MTIME, user="tessera", group="tessera")
 
 
 def shard_name(split: str, index: int) -> str:
@@ -135,7 +144,6 @@ def _init_worker(counter) -> None:
 
 def write_shard(task: ShardTask) -> dict[str, Any]:
     """Write one shard and its record; returns the record."""
-    import webdataset as wds
 
     out = Path(task.out)
     name = shard_name(task.split, task.index)
@@ -147,7 +155,7 @@ def write_shard(task: ShardTask) -> dict[str, Any]:
     labels: dict[str, int] = {}
     seconds = 0.0
     with open(tar_tmp, "wb") as f:
-        with wds.TarWriter(f, encoder=False, mtime=_MTIME, user="tessera", group="tessera") as sink:
+        with tar_writer(f) as sink:
             for clip in task.clips:
                 try:
                     sample, secs = _sample(task, clip, class_index)
@@ -205,7 +213,7 @@ def _check_signature(out: Path, signature: dict[str, Any]) -> None:
             diff = ", ".join(f"{k}: {old.get(k)!r} -> {signature.get(k)!r}" for k in signature if old.get(k) != signature.get(k))
             raise BadInput(f"{out}: already holds shards built with other arguments ({diff}); use another --out")
     else:
-        _fsync_write(path, json.dumps(signature, sort_keys=True, indent=1).encode())
+        atomic_write(path, json.dumps(signature, sort_keys=True, indent=1))
 
 
 def build(
@@ -291,8 +299,7 @@ def build(
             progress.update(bar, completed=counter.value)
 
     manifest = _merge_manifest(out, corpus, splits, done, options, signature, clip_counts)
-    _fsync_write(out / (MANIFEST + ".tmp"), json.dumps(manifest, indent=1, ensure_ascii=False).encode())
-    os.replace(out / (MANIFEST + ".tmp"), out / MANIFEST)
+    atomic_write(out / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False))
     return manifest
 
 
