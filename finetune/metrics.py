@@ -321,11 +321,11 @@ def plot_confusion_matrix(cm: Any, classes: Sequence[str], path: str | os.PathLi
 # Console reports (rich)
 
 
-def _fmt(x: Any, digits: int = 4) -> str:
+def fmt_number(x: Any, digits: int = 4) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def _pct(x: Any) -> str:
+def fmt_percent(x: Any) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100.0 * x:.2f}"
 
 
@@ -338,7 +338,7 @@ def print_report(metrics: Mapping[str, Any], classes: Sequence[str] | None = Non
     overall = Table(title=f"Evaluation ({metrics.get('num_clips', '?')} clips)")
     for col in ("Acc %", "AUC", "Log loss"):
         overall.add_column(col, justify="right")
-    overall.add_row(_pct(metrics.get("accuracy")), _fmt(metrics.get("macro_auc")), _fmt(metrics.get("log_loss")))
+    overall.add_row(fmt_percent(metrics.get("accuracy")), fmt_number(metrics.get("macro_auc")), fmt_number(metrics.get("log_loss")))
     console.print(overall)
 
     per_class = Table(title="Per class")
@@ -346,7 +346,7 @@ def print_report(metrics: Mapping[str, Any], classes: Sequence[str] | None = Non
         per_class.add_column(col, justify=justify)
     for name in classes or metrics.get("classes", []):
         m = metrics.get("per_class", {}).get(name, {})
-        per_class.add_row(name, _pct(m.get("accuracy")), _fmt(m.get("auc")), str(m.get("n", "")))
+        per_class.add_row(name, fmt_percent(m.get("accuracy")), fmt_number(m.get("auc")), str(m.get("n", "")))
     console.print(per_class)
 
     splits = dict(metrics.get("groups", {}))
@@ -357,7 +357,7 @@ def print_report(metrics: Mapping[str, Any], classes: Sequence[str] | None = Non
         for col, justify in ((key, "left"), ("Acc %", "right"), ("Log loss", "right"), ("Clips", "right")):
             table.add_column(col, justify=justify)
         for value, m in values.items():
-            table.add_row(value, _pct(m.get("accuracy")), _fmt(m.get("log_loss")), str(m.get("n", "")))
+            table.add_row(value, fmt_percent(m.get("accuracy")), fmt_number(m.get("log_loss")), str(m.get("n", "")))
         console.print(table)
 
 

@@ -159,7 +159,7 @@ def print_selection(report: dict[str, Any], classes: Sequence[str], console: Any
     from rich.console import Console
     from rich.table import Table
 
-    from finetune.metrics import _fmt, _pct
+    from finetune.metrics import fmt_number, fmt_percent
 
     console = console or Console()
     table = Table(title=f"Pseudo-labels: {report['num_selected']} of {report['num_clips']} clips selected")
@@ -168,11 +168,11 @@ def print_selection(report: dict[str, Any], classes: Sequence[str], console: Any
         table.add_column(col, justify=justify)
     for name in classes:
         m = report["per_class"].get(name, {})
-        table.add_row(name, str(m.get("predicted", "")), str(m.get("selected", "")), _fmt(m.get("mean_confidence")),
-                      _pct(m.get("accuracy")), _pct(m.get("teacher_accuracy_all")))
+        table.add_row(name, str(m.get("predicted", "")), str(m.get("selected", "")), fmt_number(m.get("mean_confidence")),
+                      fmt_percent(m.get("accuracy")), fmt_percent(m.get("teacher_accuracy_all")))
     table.add_section()
-    table.add_row("all", str(report["num_clips"]), str(report["num_selected"]), _fmt(report["mean_confidence"]),
-                  _pct(report["accuracy"]), _pct(report["teacher_accuracy_all"]))
+    table.add_row("all", str(report["num_clips"]), str(report["num_selected"]), fmt_number(report["mean_confidence"]),
+                  fmt_percent(report["accuracy"]), fmt_percent(report["teacher_accuracy_all"]))
     console.print(table)
 
 
@@ -180,7 +180,7 @@ def print_selection(report: dict[str, Any], classes: Sequence[str], console: Any
 # Pseudo-labelled shards
 
 
-def _true_index(meta: dict[str, Any], classes: Sequence[str]) -> Optional[int]:
+def true_index(meta: dict[str, Any], classes: Sequence[str]) -> Optional[int]:
     """A clip's known class: ``true_label`` (synthetic corpus) or the label of a held-out labelled split."""
     name = meta.get("true_label")
     if name is not None:
@@ -297,7 +297,7 @@ def write_pseudo_shards(source_dir: Path, split: str, keys: Sequence[str], selec
             if "flac" not in sample or "json" not in sample:
                 raise BadInput(f"{sample.get('__url__')}: sample {key!r} has no .flac or .json")
             meta = json.loads(sample["json"])
-            truth[key] = _true_index(meta, classes)
+            truth[key] = true_index(meta, classes)
             j = chosen.get(row_of.get(key, -1))
             if j is None:
                 continue

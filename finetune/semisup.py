@@ -105,7 +105,7 @@ def run(cfg: SemiSupConfig, stop=None) -> dict[str, Any]:
         selection = pseudo.select(pred["probs"], cfg.pseudo)
         out = root / f"round{r}-pseudo"
         if env.is_main:
-            truth = [pseudo._true_index(m, classes) for m in pred["meta"]]
+            truth = [pseudo.true_index(m, classes) for m in pred["meta"]]
             report = pseudo.selection_report(selection, pred["probs"], truth, classes)
             pseudo.print_selection(report, classes, console)
             if not (out / "manifest.json").exists():
