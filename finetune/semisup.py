@@ -42,6 +42,9 @@ class SemiSupConfig(FinetuneConfig):
     pseudo: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
     pseudo_weight: float = 1.0
     """Sampling weight of the pseudo-labelled set next to the labelled sets (weight 1 each)."""
+    teacher: str = ""
+    """An already fine-tuned round-0 teacher (its run folder, with best.pt and metrics.json); empty: fine-tune one
+    on the labelled data with this config."""
 
 
 def load_semisup_config(argv: Sequence[str] = ()) -> SemiSupConfig:
@@ -62,6 +65,21 @@ def _teacher_encoder(best: Path, out: Path, method: str = "teacher") -> Path:
     state = {k: v for k, v in model.encoder.state_dict().items()}
     export_encoder(out, model.encoder, state, method, model.encoder.cfg, payload["step"])
     return out
+
+
+def existing_teacher(path: str, classes: list[str]) -> tuple[Path, dict[str, Any]]:
+    """A finished fine-tuning run folder used as the round-0 teacher -> (folder, its test metrics)."""
+    run_dir = Path(path).resolve()
+    if run_dir.name == "best.pt":
+        run_dir = run_dir.parent
+    for name in ("best.pt", "metrics.json"):
+        if not (run_dir / name).is_file():
+            raise BadInput(f"teacher={path}: no {name} in {run_dir} (expected a finished fine-tuning run folder)")
+    _, payload = load_classifier(run_dir / "best.pt")
+    if payload["classes"] != classes:
+        raise BadInput(f"teacher={path}: its classes {payload['classes']} differ from the labelled data's {classes}")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return run_dir, {k: metrics[k] for k in ("accuracy", "macro_auc", "log_loss", "num_clips") if k in metrics}
 
 
 def resolve_semisup_dir(cfg: SemiSupConfig) -> Path:
@@ -89,9 +107,13 @@ def run(cfg: SemiSupConfig, stop=None) -> dict[str, Any]:
     labelled, unlabelled = _labelled_and_unlabelled(cfg)
     u_set = open_shard_set(unlabelled)  # refuses an empty or missing split in one line
     rows: list[dict[str, Any]] = []
-    teacher_dir = root / "round0-teacher"
-    _, summary = _finetune(cfg, teacher_dir, data=dataclasses.replace(cfg.data, train=labelled))
-    rows.append({"model": "teacher (labelled only)", **summary.get("test", {})})
+    if cfg.teacher:
+        teacher_dir, teacher_test = existing_teacher(cfg.teacher, open_shard_set(labelled[0]).classes)
+    else:
+        teacher_dir = root / "round0-teacher"
+        _, summary = _finetune(cfg, teacher_dir, data=dataclasses.replace(cfg.data, train=labelled))
+        teacher_test = summary.get("test", {})
+    rows.append({"model": "teacher (labelled only)", **teacher_test})
     from finetune.train import predict
 
     for r in range(1, cfg.pseudo.rounds + 1):

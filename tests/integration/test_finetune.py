@@ -96,6 +96,14 @@ def test_pseudo_labelling_writes_a_new_set_and_the_student_trains_on_both(pretra
     teacher, student = summary["rows"]
     assert student["pseudo_selected"] == selected and 0 <= student["pseudo_accuracy"] <= 1
     assert "accuracy" in teacher and "accuracy" in student
+    # a finished fine-tuning run serves as the teacher of another run: nothing is trained for round 0 there
+    again = tmp_path / "again"
+    reuse = _ft_args(pretrained, again, labelled, steps=8, extra=[f"data.test={_data(tone_shards)}",
+                     f"unlabelled={_data(tone_shards)}", f"teacher={run / 'round0-teacher'}"])
+    rows = semisup_run(load_semisup_config(reuse))["rows"]
+    assert rows[0] == teacher and not (again / "round0-teacher").exists() and (again / "round1-student" / "best.pt").exists()
+    with pytest.raises(BadInput, match="teacher=.*no best.pt"):
+        semisup_run(load_semisup_config([*reuse[:1], f"run_dir={tmp_path / 'y'}", *reuse[2:-1], f"teacher={tmp_path}"]))
     empty = tmp_path / "empty"
     with pytest.raises(BadInput, match="no manifest"):
         semisup_run(load_semisup_config(_ft_args(pretrained, tmp_path / "x", labelled,
