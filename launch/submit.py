@@ -7,6 +7,7 @@ by a hash of the config, so submitting the same config again resumes the same ru
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -41,7 +42,8 @@ def make_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")
     p.add_argument("--gpus-per-node", type=int, default=None, help="GPUs per node; one task per GPU (default: 0 on CPU)")
     p.add_argument("--tasks-per-node", type=int, default=None, help="tasks per node (default: GPUs per node, or 1)")
-    p.add_argument("--cpus-per-task", type=int, default=None, help="CPU cores per task (default 1 on CPU, 8 per GPU)")
+    p.add_argument("--cpus-per-task", type=int, default=None, help="CPU cores per task (default: 8 per GPU; on CPU 1 on SLURM, this machine's cores / tasks "
+                   "locally)")
     p.add_argument("--mem-gb", type=int, default=None, help="memory per node in GB (default: the cluster's)")
     p.add_argument("--partition", default=None, help="SLURM partition (default: the cluster's default)")
     p.add_argument("--time", default="24:00:00", help="time limit HH:MM:SS or D-HH:MM:SS (default 24:00:00)")
@@ -117,7 +119,8 @@ def submit(entry: Entry, argv: list[str] | None = None, prog: str | None = None)
     cluster = args.cluster or ("slurm" if slurm_answers() else "local")
     gpus = args.gpus_per_node if args.gpus_per_node is not None else 0
     tasks = args.tasks_per_node or max(gpus, 1)
-    cpus = args.cpus_per_task or (8 if gpus else 1)
+    # On this machine (local, debug) the tasks share its cores; a SLURM CPU task asks for one unless told otherwise.
+    cpus = args.cpus_per_task or (8 if gpus else 1 if cluster == "slurm" else max(1, (os.cpu_count() or 1) // tasks))
     if gpus and tasks != gpus:
         raise BadInput(f"--tasks-per-node {tasks} with --gpus-per-node {gpus}: one task per GPU is required")
     if cluster == "debug" and args.nodes * tasks > 1:
@@ -151,7 +154,7 @@ def submit(entry: Entry, argv: list[str] | None = None, prog: str | None = None)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     executor = submitit.AutoExecutor(folder=run_dir / "submitit" / "%j", cluster=cluster)
     executor.update_parameters(**params)
-    job = executor.submit(Job(entry.target, cfg))
+    job = executor.submit(Job(entry.target, cfg, threads=cpus))
     (run_dir / "jobs.txt").open("a").write(f"{job.job_id} {cluster} {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
     console.print(f"[bold]{cluster}[/] job [bold]{job.job_id}[/]: {args.nodes} node(s) x {tasks} task(s)")
     console.print(f"  run folder  {run_dir}")

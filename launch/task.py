@@ -24,16 +24,21 @@ import submitit
 class Job(submitit.helpers.Checkpointable):
     """``target(cfg, stop=event)`` in every task; ``target`` is ``"module:function"`` (importable on the nodes)."""
 
-    def __init__(self, target: str, cfg: Any):
+    def __init__(self, target: str, cfg: Any, threads: int = 1):
         self.target = target
         self.cfg = cfg
+        self.threads = threads
+        """CPU threads of each task's PyTorch (the job's cores per task)."""
 
     def __call__(self) -> Any:
         # The distributed environment comes from submitit; rank variables exported by the submitting shell (sbatch
         # passes the environment on) would otherwise look like a torchrun launch.
         for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
             os.environ.pop(var, None)
-        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, int(os.environ.get("SLURM_CPUS_PER_TASK", "1")))))
+        os.environ["OMP_NUM_THREADS"] = str(self.threads)
+        import torch
+
+        torch.set_num_threads(self.threads)  # torch may already be loaded (unpickling the config), past OMP's reach
         stop = threading.Event()
         submitit_handler = signal.getsignal(signal.SIGUSR2)
 
@@ -53,4 +58,4 @@ class Job(submitit.helpers.Checkpointable):
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """Requeue the same job: it resumes from its latest checkpoint (``checkpoint.resume=auto``)."""
-        return submitit.helpers.DelayedSubmission(Job(self.target, self.cfg))
+        return submitit.helpers.DelayedSubmission(Job(self.target, self.cfg, self.threads))

@@ -1,6 +1,7 @@
 """The launcher without SLURM: submitit's local executor (real subprocesses) and the debug executor (in-process)."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -45,4 +46,5 @@ def test_dry_run_prints_parameters_and_config_without_submitting(tmp_path, tone_
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "tasks_per_node = 2" in r.stderr and "method: ssast" in r.stdout and "audiomae:" not in r.stdout
+    assert f"cpus_per_task = {max(1, (os.cpu_count() or 1) // 2)}" in r.stderr  # local tasks share this machine's cores
     assert not run.exists()
