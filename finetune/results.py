@@ -139,9 +139,51 @@ def main() -> int:
             acc = [r[1].get("pseudo_accuracy") for r in runs]
             md.append(f"Selected pseudo-labels per seed: {[r[1].get('pseudo_selected') for r in runs]}, their accuracy "
                       f"{[round(100 * a, 1) for a in acc if a is not None]} %.")
+    if rows_of:
+        plot_results(rows_of, out / "results.png")
+        md.append(f"Figure: `{out / 'results.png'}` (validation curves, learned layer weights).")
     atomic_write(out / "results.md", "\n".join(md) + "\n")
     console.print(f"tables -> {out / 'results.md'}")
     return 0
+
+
+def plot_results(rows_of: dict[str, dict[str, list[Path]]], path: Path) -> Path:
+    """Left: validation accuracy over steps per row of the pretraining table (mean and min-max over seeds); right: the
+    learned layer weights of each layer-wise head (mean over seeds), the picture the layer-wise paper discusses."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from shards.atomic import replacing
+
+    fig = Figure(figsize=(11, 4))
+    FigureCanvasAgg(fig)
+    curves, bars = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    for name, dirs in rows_of.get("pretraining", {}).items():
+        runs = [[json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for d in dirs]
+        runs = [[(r["step"], 100 * r["val_accuracy"]) for r in recs if "val_accuracy" in r] for recs in runs]
+        steps = [s for s, _ in runs[0]]
+        acc = np.array([[a for _, a in r] for r in runs if len(r) == len(steps)])
+        curves.plot(steps, acc.mean(0), marker="o", label=name)
+        curves.fill_between(steps, acc.min(0), acc.max(0), alpha=0.2)
+    curves.set(xlabel="fine-tuning step", ylabel="validation accuracy (%)", title="What pretraining is worth")
+    curves.grid(alpha=0.3)
+    curves.legend()
+    weights = {name: np.mean([json.loads((d / "metrics.json").read_text())["layer_weights"] for d in dirs], axis=0)
+               for name, dirs in rows_of.get("heads", {}).items()
+               if "layer_weights" in json.loads((dirs[0] / "metrics.json").read_text())}
+    width = 0.8 / max(1, len(weights))
+    for i, (name, w) in enumerate(weights.items()):
+        bars.bar(np.arange(1, len(w) + 1) + (i - (len(weights) - 1) / 2) * width, w, width, label=name)
+    if weights:
+        depth = len(next(iter(weights.values())))
+        bars.axhline(1 / depth, color="grey", lw=0.8, ls="--", label="uniform 1/L")
+        bars.legend(fontsize=8)
+    bars.set(xlabel="block", ylabel="softmax layer weight", title="Learned layer weights (mean over seeds)")
+    fig.tight_layout()
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    return path
 
 
 def _machine() -> str:
