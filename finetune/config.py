@@ -71,6 +71,8 @@ class FinetuneOptimConfig(OptimConfig):
     """Head (and layer weights) rate = lr x this (SSAST's ``head_lr``)."""
     layer_decay: float = 1.0
     """Block i of L gets lr x decay^(L - i); patch embedding and tokens decay^L (Audio-MAE: 0.75; 1 = off)."""
+    plateau_metric: str = "val_accuracy"
+    """What ``schedule=plateau`` watches while fine-tuning: the validation accuracy (the only value it gives)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

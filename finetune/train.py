@@ -25,7 +25,7 @@ from finetune.config import FinetuneConfig, load_finetune_config, resolve_run_di
 from finetune.model import build_classifier, finetune_groups
 from pretrain import checkpoint, distributed
 from pretrain.config import to_yaml
-from pretrain.engine import build_engine
+from pretrain.engine import build_engine, watched
 from pretrain.train import step_seed
 from pretrain.masking import mae_mask_2d
 from shards.atomic import replacing
@@ -152,6 +152,8 @@ def run(cfg: FinetuneConfig, stop=None) -> dict[str, Any]:
     distributed.barrier()
     train_sets, val_set, test_set = data or resolve_data(cfg)
     classes, multi = train_sets[0].classes, train_sets[0].multi_label
+    if cfg.optim.schedule == "plateau" and val_set is None:
+        raise BadInput("optim.schedule=plateau watches the validation accuracy: give data.val={path: ..., split: ...}")
 
     torch.manual_seed(cfg.seed)
     overrides = {"target_frames": cfg.data.features.target_frames, "stride_freq": cfg.encoder.stride_freq,
@@ -211,6 +213,9 @@ def run(cfg: FinetuneConfig, stop=None) -> dict[str, Any]:
             pred = predict(engine, features, val_set, cfg, env, device, dtype)
             acc = float((pred["probs"].argmax(1) == pred["labels"]).mean())
             record.update(step=done, val_accuracy=acc)
+            if cfg.optim.schedule == "plateau" and built.schedule.observe(watched({"val_accuracy": acc}, cfg.optim)):
+                console.print(f"step {done}: no better validation accuracy for {cfg.optim.plateau_patience + 1} "
+                              f"validations; lr x {cfg.optim.plateau_factor}")
             if acc > best:
                 best, bad_evals = acc, 0
                 if env.is_main:

@@ -18,8 +18,9 @@ def _pretrain_run_dir(cfg):
 
 
 def _pretrain_prepare(cfg):
-    from pretrain.train import resolve_data
+    from pretrain.train import resolve_data, resolve_val
 
+    resolve_val(cfg)  # a plateau schedule without validation data is refused before anything is queued
     resolve_data(cfg)  # builds the synthetic corpus on the submitting machine, once, when no data is given
 
 

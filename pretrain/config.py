@@ -59,13 +59,27 @@ class OptimConfig:
     warmup_steps: int = 50
     """Linear warm-up from 0 over this many optimizer steps."""
     schedule: str = "cosine"
-    """"cosine" (to min_lr at the last step) or "constant" after warm-up."""
+    """After warm-up: "cosine" (to min_lr at the last step), "constant", or "plateau" (SSAST: constant, times
+    ``plateau_factor`` whenever ``plateau_metric`` has not improved for ``plateau_patience`` validations)."""
+    plateau_metric: str = "val_acc"
+    """The validation value the plateau schedule watches (SSAST: the masked-patch accuracy, val_acc)."""
+    plateau_mode: str = "max"
+    """"max" (an accuracy) or "min" (a loss)."""
+    plateau_factor: float = 0.5
+    """SSAST halves the rate (ReduceLROnPlateau factor 0.5)."""
+    plateau_patience: int = 2
+    """Validations without improvement before a cut (SSAST ``--lr_patience 2``)."""
     clip_grad: float = 0.0
     """Global gradient-norm clipping (0: off; Audio-MAE and SSAST use none)."""
 
     def __post_init__(self) -> None:
-        if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"optim.schedule={self.schedule!r}: expected 'cosine' or 'constant'")
+        if self.schedule not in ("cosine", "constant", "plateau"):
+            raise ValueError(f"optim.schedule={self.schedule!r}: expected 'cosine', 'constant' or 'plateau'")
+        if self.plateau_mode not in ("max", "min"):
+            raise ValueError(f"optim.plateau_mode={self.plateau_mode!r}: expected 'max' or 'min'")
+        if not 0 < self.plateau_factor < 1 or self.plateau_patience < 0:
+            raise ValueError(f"optim.plateau_factor={self.plateau_factor}, optim.plateau_patience="
+                             f"{self.plateau_patience}: expected 0 < factor < 1 and patience >= 0")
 
 
 @dataclass
@@ -123,6 +137,8 @@ class PretrainConfig:
     seed: int = 0
     steps: int = 300
     """Optimizer steps."""
+    eval_every: int = 0
+    """Validate on ``data.val`` every this many steps (0: with every log line; SSAST: 800 tiny, 4000 base)."""
     data: DataConfig = field(default_factory=DataConfig)
     ssast: SSASTConfig = field(default_factory=SSASTConfig)
     audiomae: AudioMAEConfig = field(default_factory=AudioMAEConfig)

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import torch
 from torch import nn
 
 from pretrain.config import DeepSpeedConfig, OptimConfig
+from shards.errors import BadInput
 
 
 def deepspeed_config(ds: DeepSpeedConfig, optim: OptimConfig, micro_batch: int, world: int) -> dict[str, Any]:
@@ -63,20 +64,57 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay: Iterable[str] 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
 
 
-def lr_lambda(optim: OptimConfig, total_steps: int) -> Callable[[int], float]:
-    """Multiplier of the peak LR at optimizer step ``s``: linear warm-up, then half-cycle cosine to ``min_lr``."""
-    warmup = max(0, optim.warmup_steps)
-    floor = optim.min_lr / optim.lr if optim.lr > 0 else 0.0
+class LRSchedule:
+    """Multiplier of the peak LR at optimizer step ``s`` (a ``LambdaLR`` lambda): linear warm-up, then half-cycle
+    cosine to ``min_lr``, constant, or SSAST's plateau rule (``torch.optim.lr_scheduler.ReduceLROnPlateau``'s, fed by
+    :meth:`observe` after each validation). Its fields are plain numbers, so ``LambdaLR.state_dict()`` saves them
+    with the checkpoint and a resumed run continues at the reduced rate."""
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if optim.schedule == "constant":
+    def __init__(self, optim: OptimConfig, total_steps: int):
+        self.kind = optim.schedule
+        self.warmup = max(0, optim.warmup_steps)
+        self.total = total_steps
+        self.floor = optim.min_lr / optim.lr if optim.lr > 0 else 0.0
+        self.mode, self.factor, self.patience = optim.plateau_mode, optim.plateau_factor, optim.plateau_patience
+        self.scale, self.best, self.bad = 1.0, None, 0
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        if self.kind == "constant":
             return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        if self.kind == "plateau":
+            return max(self.scale, self.floor)
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
-    return factor
+    def observe(self, value: float) -> bool:
+        """One validation result; True when it cut the rate (more than ``patience`` results without improvement,
+        counted as ReduceLROnPlateau does with its defaults: relative threshold 1e-4, no cooldown)."""
+        if self.kind != "plateau":
+            return False
+        better = self.best is None or (value > self.best * (1 + 1e-4) if self.mode == "max"
+                                       else value < self.best * (1 - 1e-4))
+        if better:
+            self.best, self.bad = value, 0
+            return False
+        self.bad += 1
+        if self.bad > self.patience:
+            self.scale *= self.factor
+            self.bad = 0
+            return True
+        return False
+
+
+def watched(scores: dict[str, float], optim: OptimConfig) -> float:
+    """The validation value the plateau schedule follows; one line naming the choices when it is not there."""
+    if optim.plateau_metric not in scores:
+        raise BadInput(f"optim.plateau_metric={optim.plateau_metric}: the validation gives {', '.join(sorted(scores))}")
+    return scores[optim.plateau_metric]
+
+
+def lr_lambda(optim: OptimConfig, total_steps: int) -> LRSchedule:
+    return LRSchedule(optim, total_steps)
 
 
 @dataclass
@@ -88,6 +126,11 @@ class Engine:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     peak_lr: float
     config: dict[str, Any]
+
+    @property
+    def schedule(self) -> LRSchedule:
+        """The live multiplier (after a resume, the one whose state the checkpoint restored)."""
+        return self.scheduler.lr_lambdas[0]
 
     @property
     def module(self) -> nn.Module:

@@ -23,10 +23,10 @@ from torch import nn
 
 from pretrain import checkpoint, distributed
 from pretrain.config import PretrainConfig, config_hash, load_pretrain_config, to_yaml
-from pretrain.engine import build_engine
+from pretrain.engine import build_engine, watched
 from shards.atomic import atomic_write
 from shards.default import ensure_synthetic
-from shards.errors import cli
+from shards.errors import BadInput, cli
 from shards.features import build_features
 from shards.stream import ShardSetConfig, derive_seed, eval_batches, train_loader
 
@@ -55,6 +55,17 @@ def resolve_data(cfg: PretrainConfig, console=None) -> list[ShardSetConfig]:
         return list(cfg.data.train)
     root = ensure_synthetic(cfg.data.synthetic, cfg.data.stream.sample_rate, console=console)
     return [ShardSetConfig(str(root), "unlabelled", 3.0), ShardSetConfig(str(root), "labelled", 1.0)]
+
+
+def resolve_val(cfg: PretrainConfig) -> ShardSetConfig | None:
+    """The validation split: ``data.val``; on the synthetic corpus its val split when the schedule needs one."""
+    if cfg.data.val is not None or cfg.optim.schedule != "plateau":
+        return cfg.data.val
+    if cfg.data.train:
+        raise BadInput("optim.schedule=plateau watches a validation value: give data.val={path: ..., split: ...}")
+    from shards.default import synthetic_dir
+
+    return ShardSetConfig(str(synthetic_dir(cfg.data.synthetic, cfg.data.stream.sample_rate)), "val")
 
 
 def step_seed(seed: int, rank: int, micro_step: int) -> int:
@@ -124,15 +135,15 @@ def _scalars(out: Any) -> dict[str, float]:
     return {k: float(v.detach()) for k, v in items.items() if torch.is_tensor(v) and v.numel() == 1}
 
 
-def evaluate(engine, features, cfg: PretrainConfig, env, device, dtype) -> dict[str, float]:
-    """Mean masked-prediction loss on the validation split (an exact pass; fixed masks per batch)."""
+def evaluate(engine, features, val: ShardSetConfig, cfg: PretrainConfig, env, device, dtype) -> dict[str, float]:
+    """Mean masked-prediction loss (and accuracy) on the validation split: an exact pass, fixed masks per batch."""
     model = engine.module
     model.eval()
     features.eval()  # no SpecAugment / noise on validation
     totals: dict[str, float] = {}
     n = 0
     with torch.no_grad():
-        for i, batch in enumerate(eval_batches(cfg.data.val, cfg.data.stream, rank=env.rank, world=env.world_size)):
+        for i, batch in enumerate(eval_batches(val, cfg.data.stream, rank=env.rank, world=env.world_size)):
             fbank = features(batch.wave.to(device)).to(dtype)
             gen = torch.Generator().manual_seed(step_seed(cfg.seed + 1, env.rank, i))
             out = engine(fbank, *model.draw_masks(fbank.shape[0], gen))
@@ -173,6 +184,7 @@ def run(cfg: PretrainConfig, stop=None) -> dict[str, Any]:
     distributed.barrier()  # rank 0 may have built the synthetic corpus
     sets = sets or resolve_data(cfg)
 
+    val = resolve_val(cfg)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_model(cfg)
     features = build_features(cfg.data.features).to(device)
@@ -220,20 +232,29 @@ def run(cfg: PretrainConfig, stop=None) -> dict[str, Any]:
             done = step + 1
             if bar is not None:
                 bar[0].update(bar[1], completed=done, loss=running.get("loss", 0.0) / max(counted, 1))
+            record: dict[str, Any] = {}
             if done % cfg.log.every_steps == 0 or done == cfg.steps:
                 elapsed = time.perf_counter() - t0
-                record = {k: v / counted for k, v in running.items()}
-                record = _mean_across_ranks(record, device)
+                record = _mean_across_ranks({k: v / counted for k, v in running.items()}, device)
                 record.update(step=done, lr=built.scheduler.get_last_lr()[0],
                               clips_per_s=counted * cfg.data.stream.batch_size * env.world_size / elapsed,
                               data_wait=data_wait / elapsed, corrupt=batch.corrupt)
-                if cfg.data.val is not None:
-                    record.update(evaluate(engine, features, cfg, env, device, dtype))
+                running, counted, data_wait, t0 = {}, 0, 0.0, time.perf_counter()
+            every = cfg.eval_every or cfg.log.every_steps
+            if val is not None and (done % every == 0 or done == cfg.steps):
+                t_eval = time.perf_counter()
+                scores = evaluate(engine, features, val, cfg, env, device, dtype)
+                record.update(scores, step=done)
+                # the same mean on every rank, so every rank makes the same decision
+                if cfg.optim.schedule == "plateau" and built.schedule.observe(watched(scores, cfg.optim)):
+                    console.print(f"step {done}: {cfg.optim.plateau_metric} has not improved for "
+                                  f"{cfg.optim.plateau_patience + 1} validations; lr x {cfg.optim.plateau_factor}")
+                t0 += time.perf_counter() - t_eval  # validation is not training time
+            if record:
                 progress.write(record)
                 if not (cfg.log.progress and console.is_terminal):  # logs (SLURM, local jobs) get lines
                     console.print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                            for k, v in record.items()))
-                running, counted, data_wait, t0 = {}, 0, 0.0, time.perf_counter()
             if done % cfg.checkpoint.every_steps == 0 or done == cfg.steps:
                 checkpoint.save(engine, ckpt_dir, done, {"step": done, "micro_step": done * accum},
                                 cfg.checkpoint.keep_last, env.is_main)

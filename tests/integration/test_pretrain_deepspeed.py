@@ -74,3 +74,24 @@ def test_damaged_checkpoint_is_refused_and_the_previous_one_used(tmp_path, tone_
     log = (tmp_path / "l2" / "rank0.log").read_text()
     assert "step_00000006 cannot be loaded" in log and "resumed from" in log and "at step 3" in log
     assert [m["step"] for m in read_metrics(run)][-5:] == [4, 5, 6, 7, 8]
+
+
+def test_plateau_schedule_follows_the_validation_values(tmp_path, tone_shards):
+    """SSAST's schedule on 2 ranks: the logged rate follows torch's ReduceLROnPlateau replayed on the logged values."""
+    run = tmp_path / "run"
+    extra = ["optim.schedule=plateau", "optim.warmup_steps=0", "optim.plateau_patience=0", "eval_every=2",
+             "optim.plateau_metric=val_mse", "optim.plateau_mode=max",  # a falling mse "never improves": cuts
+             f"data.val={{path: {tone_shards}, split: train}}"]
+    wait_ok(start_ranks(2, tiny_overrides("ssast", tone_shards, run, steps=8, extra=extra), tmp_path / "logs"),
+            tmp_path / "logs")
+    metrics = read_metrics(run)
+    evals = [(m["step"], m["val_mse"]) for m in metrics if "val_mse" in m]
+    assert [s for s, _ in evals] == [2, 4, 6, 8]
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    reference = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=0)
+    expected = {}
+    for step, value in evals:  # a cut after the validation at step s shows from step s + 1 on
+        expected.update({s: opt.param_groups[0]["lr"] for s in range(step - 1, step + 1)})
+        reference.step(value)
+    assert [m["lr"] for m in metrics] == pytest.approx([expected[m["step"]] for m in metrics])
+    assert opt.param_groups[0]["lr"] < 1e-3  # the run is deterministic (seeded data and masks): it did cut

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -59,3 +60,36 @@ def test_warmup_then_cosine_to_min_lr():
     assert f(110) == pytest.approx(0.01)
     constant = lr_lambda(OptimConfig(warmup_steps=0, schedule="constant"), total_steps=5)
     assert [constant(s) for s in range(5)] == [1.0] * 5
+
+
+def test_plateau_schedule_cuts_as_torch_reduce_lr_on_plateau():
+    """SSAST's ReduceLROnPlateau(max, factor 0.5, patience 2) replayed on the same validation values (few enough cuts
+    that torch's eps=1e-8, below which it stops cutting, never matters)."""
+    rng = np.random.default_rng(0)
+    values = np.concatenate([np.linspace(0.1, 0.5, 5), 0.5 + 0.01 * rng.standard_normal(12)]).tolist()
+    for mode, patience in (("max", 2), ("min", 0), ("max", 4)):
+        ours = lr_lambda(OptimConfig(lr=1.0, warmup_steps=3, schedule="plateau", plateau_mode=mode,
+                                     plateau_patience=patience), total_steps=100)
+        assert [ours(s) for s in range(3)] == pytest.approx([1 / 3, 2 / 3, 1.0])
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        reference = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode=mode, factor=0.5, patience=patience)
+        cuts = 0
+        for v in values:
+            cuts += ours.observe(v)
+            reference.step(v)
+            assert ours(50) == pytest.approx(opt.param_groups[0]["lr"])
+        assert cuts >= 1
+
+
+def test_plateau_state_travels_with_the_scheduler_state_dict():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    cfg = OptimConfig(lr=1.0, warmup_steps=0, schedule="plateau", plateau_patience=0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, 10))
+    for v in (0.5, 0.4, 0.3):
+        sched.lr_lambdas[0].observe(v)
+    sched.step()
+    fresh = torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0),
+                                              lr_lambda(cfg, 10))
+    fresh.load_state_dict(sched.state_dict())
+    assert fresh.lr_lambdas[0].scale == 0.25 and fresh.lr_lambdas[0].best == 0.5
+    assert fresh.lr_lambdas[0](5) == 0.25
