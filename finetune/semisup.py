@@ -25,6 +25,7 @@ from finetune.pseudo import PseudoLabelConfig
 from pretrain import distributed
 from pretrain.checkpoint import export_encoder
 from pretrain.config import merge_config
+from shards.atomic import atomic_write
 from shards.default import ensure_synthetic
 from shards.errors import BadInput, cli
 from shards.features import build_features
@@ -51,12 +52,12 @@ def load_semisup_config(argv: Sequence[str] = ()) -> SemiSupConfig:
     return merge_config(SemiSupConfig, argv, CONFIG_DIR, selector="preset", default_selector="default")
 
 
-def _finetune(cfg: SemiSupConfig, run_dir: Path, **changes: Any) -> tuple[FinetuneConfig, dict[str, Any]]:
+def _finetune(cfg: SemiSupConfig, run_dir: Path, stop, **changes: Any) -> tuple[FinetuneConfig, dict[str, Any]]:
     from finetune.train import run as finetune_run
 
     fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(FinetuneConfig)}
     sub = FinetuneConfig(**{**fields, "run_dir": str(run_dir), **changes})
-    return sub, finetune_run(sub)
+    return sub, finetune_run(sub, stop=stop)
 
 
 def _teacher_encoder(best: Path, out: Path, method: str = "teacher") -> Path:
@@ -111,7 +112,9 @@ def run(cfg: SemiSupConfig, stop=None) -> dict[str, Any]:
         teacher_dir, teacher_test = existing_teacher(cfg.teacher, open_shard_set(labelled[0]).classes)
     else:
         teacher_dir = root / "round0-teacher"
-        _, summary = _finetune(cfg, teacher_dir, data=dataclasses.replace(cfg.data, train=labelled))
+        _, summary = _finetune(cfg, teacher_dir, stop, data=dataclasses.replace(cfg.data, train=labelled))
+        if summary.get("stopped_at") is not None:
+            return summary  # asked to stop (time limit): the requeued job resumes this fine-tuning run
         teacher_test = summary.get("test", {})
     rows.append({"model": "teacher (labelled only)", **teacher_test})
     from finetune.train import predict
@@ -139,7 +142,9 @@ def run(cfg: SemiSupConfig, stop=None) -> dict[str, Any]:
             ckpt = str(_teacher_encoder(teacher_dir / "best.pt", root / f"round{r}-teacher-encoder.pt"))
         student_dir = root / f"round{r}-student"
         train = labelled + [ShardSetConfig(str(out), "pseudo", cfg.pseudo_weight)]
-        _, summary = _finetune(cfg, student_dir, ckpt=ckpt, data=dataclasses.replace(cfg.data, train=train))
+        _, summary = _finetune(cfg, student_dir, stop, ckpt=ckpt, data=dataclasses.replace(cfg.data, train=train))
+        if summary.get("stopped_at") is not None:
+            return summary
         manifest = json.loads((out / "manifest.json").read_text())
         rep = manifest["pseudo"]["report"]
         rows.append({"model": f"student round {r}", **summary.get("test", {}), "pseudo_selected": rep.get("num_selected"),
@@ -156,7 +161,7 @@ def run(cfg: SemiSupConfig, stop=None) -> dict[str, Any]:
                           f"{row.get('macro_auc', float('nan')):.4f}", f"{row.get('log_loss', float('nan')):.4f}",
                           str(row.get("pseudo_selected", "")), f"{100 * pa:.2f}" if pa is not None else "")
         console.print(table)
-        (root / "semisup.json").write_text(json.dumps(rows, indent=1))
+        atomic_write(root / "semisup.json", json.dumps(rows, indent=1))
     distributed.barrier()
     return {"run_dir": str(root), "rows": rows, "rank": env.rank, "world_size": env.world_size}
 

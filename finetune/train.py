@@ -26,7 +26,7 @@ from finetune.model import build_classifier, finetune_groups
 from pretrain import checkpoint, distributed
 from pretrain.config import to_yaml
 from pretrain.engine import build_engine, watched
-from pretrain.train import step_seed
+from pretrain.train import step_seed, stop_requested, truncate_metrics
 from pretrain.masking import mae_mask_2d
 from shards.atomic import replacing
 from shards.default import ensure_synthetic
@@ -139,7 +139,11 @@ def save_best(path: Path, model, cfg: FinetuneConfig, classes: list[str], step: 
 
 
 def run(cfg: FinetuneConfig, stop=None) -> dict[str, Any]:
-    """Fine-tune, select on validation, test the best weights. Every rank calls this."""
+    """Fine-tune, select on validation, test the best weights. Every rank calls this.
+
+    ``stop`` (a ``threading.Event``, set by the launcher on SIGUSR2) saves a checkpoint at the current step and
+    returns early with ``stopped_at``; the requeued job resumes there.
+    """
     from rich.console import Console
 
     env, device = distributed.setup(cfg.deepspeed.backend)
@@ -175,6 +179,8 @@ def run(cfg: FinetuneConfig, stop=None) -> dict[str, Any]:
             start, client = resumed
             best, bad_evals = client.get("best", best), client.get("bad_evals", 0)
             log.info("resumed from %s at step %d", ckpt_dir, start)
+            if env.is_main:
+                truncate_metrics(run_dir / "metrics.jsonl", start)  # the steps after the checkpoint run again
     enc = model.encoder
     console.print(f"fine-tune {info.get('source', '?')} ({info.get('path', cfg.ckpt)}) -> {len(classes)} classes\n"
                   f"  encoder {enc.cfg.size} {enc.grid[0]}x{enc.grid[1]}={enc.num_patches} patches, head "
@@ -186,7 +192,7 @@ def run(cfg: FinetuneConfig, stop=None) -> dict[str, Any]:
                            pin_memory=device.type == "cuda")
     metrics_path = run_dir / "metrics.jsonl"
     running, counted, t0 = 0.0, 0, time.perf_counter()
-    step = start
+    done = start  # steps finished (a resumed, already finished run trains none)
     for step in range(start, cfg.steps):
         for micro in range(accum):
             micro_step = step * accum + micro
@@ -226,15 +232,22 @@ def run(cfg: FinetuneConfig, stop=None) -> dict[str, Any]:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
             console.print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-        if done % cfg.checkpoint.every_steps == 0 or done == cfg.steps:
+        saved = done % cfg.checkpoint.every_steps == 0 or done == cfg.steps
+        if saved:
             checkpoint.save(engine, ckpt_dir, done, {"step": done, "best": best, "bad_evals": bad_evals},
                             cfg.checkpoint.keep_last, env.is_main)
+        if done < cfg.steps and stop_requested(stop, device):  # SIGUSR2 near the time limit: save here, requeue
+            if not saved:
+                checkpoint.save(engine, ckpt_dir, done, {"step": done, "best": best, "bad_evals": bad_evals},
+                                cfg.checkpoint.keep_last, env.is_main)
+            log.warning("stopping at step %d on request (time limit); the requeued job resumes here", done)
+            return {"run_dir": str(run_dir), "stopped_at": done, "rank": env.rank, "world_size": env.world_size}
         if cfg.early_stop and bad_evals >= cfg.early_stop:
             console.print(f"early stop at step {done}: no better validation accuracy for {bad_evals} evaluations")
             break
     distributed.barrier()
     summary = {"run_dir": str(run_dir), "rank": env.rank, "world_size": env.world_size, "best_val_accuracy": best,
-               "steps": step + 1}
+               "steps": done}
     if test_set is not None:
         if (run_dir / "best.pt").exists():
             state = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)["state_dict"]

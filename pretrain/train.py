@@ -88,7 +88,7 @@ class Progress:
                 f.write(json.dumps(record) + "\n")
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
+def truncate_metrics(path: Path, step: int) -> None:
     """Keep only the records up to ``step`` (a resumed run repeats the steps after its checkpoint)."""
     if not path.exists():
         return
@@ -155,7 +155,7 @@ def evaluate(engine, features, val: ShardSetConfig, cfg: PretrainConfig, env, de
     return _mean_across_ranks({f"val_{k}": v / max(n, 1) for k, v in totals.items()}, device)
 
 
-def _stop_requested(stop, device: torch.device) -> bool:
+def stop_requested(stop, device: torch.device) -> bool:
     """True on every rank when any rank was told to stop (SIGUSR2 before the time limit)."""
     if stop is None:
         return False
@@ -207,7 +207,7 @@ def run(cfg: PretrainConfig, stop=None) -> dict[str, Any]:
                                      pin_memory=device.type == "cuda")
     progress = Progress(run_dir / "metrics.jsonl", env.is_main)
     if env.is_main:
-        _truncate_metrics(progress.path, start)  # steps after the checkpoint will be logged again
+        truncate_metrics(progress.path, start)  # steps after the checkpoint will be logged again
     running: dict[str, float] = {}
     counted, data_wait, t0 = 0, 0.0, time.perf_counter()
     last_saved = start
@@ -259,7 +259,7 @@ def run(cfg: PretrainConfig, stop=None) -> dict[str, Any]:
                 checkpoint.save(engine, ckpt_dir, done, {"step": done, "micro_step": done * accum},
                                 cfg.checkpoint.keep_last, env.is_main)
                 last_saved = done
-            if done < cfg.steps and _stop_requested(stop, device):
+            if done < cfg.steps and stop_requested(stop, device):
                 if last_saved != done:
                     checkpoint.save(engine, ckpt_dir, done, {"step": done, "micro_step": done * accum},
                                     cfg.checkpoint.keep_last, env.is_main)

@@ -108,3 +108,86 @@ def test_pseudo_labelling_writes_a_new_set_and_the_student_trains_on_both(pretra
     with pytest.raises(BadInput, match="no manifest"):
         semisup_run(load_semisup_config(_ft_args(pretrained, tmp_path / "x", labelled,
                                                  extra=[f"unlabelled={_data(empty)}"])))
+
+
+def _records(run: Path) -> dict[int, dict]:
+    """step -> the loss / validation values of metrics.jsonl (timings and rates left out)."""
+    out: dict[int, dict] = {}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        assert r["step"] not in out, f"step {r['step']} logged twice"
+        out[r["step"]] = {k: r[k] for k in ("loss", "val_accuracy") if k in r}
+    return out
+
+
+def _same_records(got: dict, expected: dict) -> None:
+    assert sorted(got) == sorted(expected)
+    for step, values in expected.items():
+        assert got[step] == pytest.approx(values, rel=1e-5, abs=1e-6), step
+
+
+def test_two_ranks_killed_mid_run_resume_to_the_uninterrupted_result(pretrained, tone_shards, tmp_path):
+    """kill -9 of both ranks after a checkpoint, then the same command: every logged loss and validation value, the
+    best checkpoint and the test report are those of the run that was never interrupted (exact eval over 2 ranks)."""
+    import os
+    import signal
+    import time
+
+    from tests.integration.conftest import start_ranks, wait_ok
+
+    steps = 24
+    extra = ["log.every_steps=1", "eval_every=4", "checkpoint.every_steps=4", "checkpoint.keep_last=8",
+             "head.kind=pre_norm", "augment.mixup=0.5", "augment.mixup_alpha=1.0"]
+    ref = tmp_path / "ref"
+    wait_ok(start_ranks(2, _ft_args(pretrained, ref, tone_shards, steps, extra), tmp_path / "l1", "finetune.train"),
+            tmp_path / "l1")
+    run = tmp_path / "run"
+    args = _ft_args(pretrained, run, tone_shards, steps, extra)
+    procs = start_ranks(2, args, tmp_path / "l2", "finetune.train")
+    deadline = time.time() + 240
+    while time.time() < deadline:  # kill both once step 8 is checkpointed and step 10 has run
+        if (run / "checkpoints" / "step_00000008" / "COMPLETE").exists() and len(_lines(run)) >= 10:
+            break
+        time.sleep(0.02)
+    for p in procs:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    assert not (run / "metrics.json").exists(), "the run finished before it could be killed"
+
+    wait_ok(start_ranks(2, args, tmp_path / "l3", "finetune.train"), tmp_path / "l3")
+    assert "resumed from" in (tmp_path / "l3" / "rank0.log").read_text()
+    _same_records(_records(run), _records(ref))
+    got, expected = (json.loads((d / "metrics.json").read_text()) for d in (run, ref))
+    assert got["num_clips"] == expected["num_clips"] == 64  # every test clip once over the 2 ranks
+    for key in ("accuracy", "macro_auc", "log_loss"):
+        assert got[key] == pytest.approx(expected[key], rel=1e-5), key
+    assert len(_keys(run)) == 64 and sorted(_keys(run)) == sorted(_keys(ref))
+
+
+def _lines(run: Path) -> list[str]:
+    path = run / "metrics.jsonl"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _keys(run: Path) -> list[str]:
+    return [row.split(",", 1)[0] for row in (run / "predictions.csv").read_text().splitlines()[1:]]
+
+
+def test_stop_request_checkpoints_the_current_step_and_the_rerun_finishes_it(pretrained, tone_shards, tmp_path):
+    """What the launcher does on SIGUSR2: the loop saves at the current step and returns; the requeued run resumes."""
+    import threading
+
+    extra = ["log.every_steps=1", "eval_every=4", "checkpoint.every_steps=100"]
+    ref = tmp_path / "ref"
+    finetune_run(load_finetune_config(_ft_args(pretrained, ref, tone_shards, 10, extra)))
+    run = tmp_path / "run"
+    stop = threading.Event()
+    stop.set()  # already asked: the loop stops after its first step
+    cfg = load_finetune_config(_ft_args(pretrained, run, tone_shards, 10, extra))
+    summary = finetune_run(cfg, stop=stop)
+    assert summary["stopped_at"] == 1 and (run / "checkpoints" / "step_00000001" / "COMPLETE").exists()
+    assert not (run / "metrics.json").exists()
+    again = finetune_run(cfg)
+    assert again["steps"] == 10 and "stopped_at" not in again
+    _same_records(_records(run), _records(ref))
+    assert again["test"]["accuracy"] == pytest.approx(json.loads((ref / "metrics.json").read_text())["accuracy"])
