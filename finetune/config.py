@@ -34,7 +34,8 @@ class FinetuneDataConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
     seen_devices: Optional[list[str]] = None
-    """Devices seen in training (TAU22: a b c s1 s2 s3): adds seen vs unseen accuracy; None: from the train split."""
+    """Devices seen in training (TAU22: a b c s1 s2 s3), for the seen vs unseen accuracy; None: the test devices that
+    the training manifests do not list as test-only (TAU22 and the synthetic corpus list them)."""
 
 
 @dataclass

@@ -255,15 +255,28 @@ def run(cfg: FinetuneConfig, stop=None) -> dict[str, Any]:
             engine.module.load_state_dict({k: v.to(current[k].dtype) for k, v in state.items()})
         pred = predict(engine, features, test_set, cfg, env, device, dtype)
         if env.is_main:
-            summary["test"] = report(run_dir, pred, classes, cfg, engine.module, console)
+            summary["test"] = report(run_dir, pred, classes, cfg, engine.module, console, train_sets)
     distributed.barrier()
     return summary
 
 
-def report(run_dir: Path, pred: dict, classes: list[str], cfg: FinetuneConfig, model, console) -> dict:
+def seen_devices(cfg: FinetuneConfig, train_sets: list[ShardSet], meta: list[dict]) -> list[str] | None:
+    """``data.seen_devices``, else the evaluated devices the training manifests do not list as test-only (TAU22's
+    s4-s6, the synthetic corpus's); None (no seen / unseen split) when neither names any."""
+    if cfg.data.seen_devices is not None:
+        return list(cfg.data.seen_devices)
+    held_out = {d.lower() for s in train_sets for d in s.test_only_devices}
+    if not held_out:
+        return None
+    devices = {str(m["device"]) for m in meta if m.get("device") is not None}
+    return sorted((d for d in devices if d.lower() not in held_out), key=str.lower)
+
+
+def report(run_dir: Path, pred: dict, classes: list[str], cfg: FinetuneConfig, model, console,
+           train_sets: list[ShardSet]) -> dict:
     """metrics.json, predictions.csv, confusion_matrix.png and the layer weights, plus the console tables."""
     metrics = M.evaluate_predictions(pred["probs"], pred["labels"], classes, pred["meta"],
-                                     seen_devices=cfg.data.seen_devices)
+                                     seen_devices=seen_devices(cfg, train_sets, pred["meta"]))
     head = model.head
     if hasattr(head, "layer_weights"):
         weights = head.layer_weights().detach().float().cpu().tolist()

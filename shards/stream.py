@@ -30,7 +30,7 @@ import json
 import logging
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -124,6 +124,8 @@ class ShardSet:
     name: str = ""
     labelled: bool = False
     """Whether the split carries labels (its manifest label histogram is not empty)."""
+    test_only_devices: list[str] = field(default_factory=list)
+    """Devices the corpus keeps out of training (manifest ``info``: TAU22's s4-s6, the synthetic corpus's)."""
 
     @property
     def num_clips(self) -> int:
@@ -153,6 +155,7 @@ def open_shard_set(cfg: ShardSetConfig) -> ShardSet:
         weight=cfg.weight,
         name=f"{folder.name}/{cfg.split}",
         labelled=bool(entry.get("label_histogram")),
+        test_only_devices=[str(d) for d in (manifest.get("info") or {}).get("test_only_devices") or []],
     )
 
 

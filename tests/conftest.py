@@ -25,6 +25,6 @@ def scene_shards(tmp_path_factory) -> Path:
     """A small build of the synthetic acoustic-scene corpus (the embedded default), 1 s clips at 16 kHz."""
     from shards.default import SyntheticDataConfig, ensure_synthetic
 
-    cfg = SyntheticDataConfig(root=str(tmp_path_factory.mktemp("scenes")), labelled=160, val=60, test=100,
+    cfg = SyntheticDataConfig(root=str(tmp_path_factory.mktemp("scenes")), labelled=400, val=100, test=100,
                               unlabelled=160)
     return ensure_synthetic(cfg, 16000, workers=2)
