@@ -19,7 +19,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from finetune import pseudo
-from finetune.config import CONFIG_DIR, FinetuneConfig, resolve_run_dir
+from finetune.config import CONFIG_DIR, FinetuneConfig, FinetuneDataConfig, resolve_run_dir
 from finetune.model import load_classifier
 from finetune.pseudo import PseudoLabelConfig
 from pretrain import distributed
@@ -88,14 +88,19 @@ def resolve_semisup_dir(cfg: SemiSupConfig) -> Path:
     return Path(cfg.run_dir or str(resolve_run_dir(cfg)).replace("/finetune/", "/semisup/")).resolve()
 
 
-def _labelled_and_unlabelled(cfg: SemiSupConfig) -> tuple[list[ShardSetConfig], ShardSetConfig]:
-    """The labelled sets and the unlabelled split; the synthetic corpus's when no training data is given."""
-    if cfg.data.train:
+def resolve_semisup_data(cfg: SemiSupConfig) -> tuple[FinetuneDataConfig, ShardSetConfig]:
+    """The labelled data (train, val, test) and the unlabelled split; the synthetic corpus's splits for whatever is
+    not given when no training data is given. Every teacher and student gets the same val and test splits: their
+    training data (labelled + pseudo-labelled) is always given, so they cannot fall back to the synthetic ones."""
+    d = cfg.data
+    if d.train:
         if cfg.unlabelled is None:
             raise BadInput("unlabelled: no unlabelled shard set given (unlabelled={path: ..., split: ...})")
-        return list(cfg.data.train), cfg.unlabelled
-    root = str(ensure_synthetic(cfg.data.synthetic, cfg.data.stream.sample_rate))
-    return [ShardSetConfig(root, "labelled")], cfg.unlabelled or ShardSetConfig(root, "unlabelled")
+        return d, cfg.unlabelled
+    root = str(ensure_synthetic(d.synthetic, d.stream.sample_rate))
+    data = dataclasses.replace(d, train=[ShardSetConfig(root, "labelled")], val=d.val or ShardSetConfig(root, "val"),
+                               test=d.test or ShardSetConfig(root, "test"))
+    return data, cfg.unlabelled or ShardSetConfig(root, "unlabelled")
 
 
 def run(cfg: SemiSupConfig, stop=None) -> dict[str, Any]:
@@ -105,14 +110,17 @@ def run(cfg: SemiSupConfig, stop=None) -> dict[str, Any]:
     env, device = distributed.setup(cfg.deepspeed.backend)
     console = Console(stderr=True, quiet=not env.is_main)
     root = resolve_semisup_dir(cfg)
-    labelled, unlabelled = _labelled_and_unlabelled(cfg)
+    data, unlabelled = resolve_semisup_data(cfg)
+    labelled = list(data.train)
+    if data.test is None:
+        console.print("[yellow]warning[/]: no data.test given: teacher and student are trained but not compared")
     u_set = open_shard_set(unlabelled)  # refuses an empty or missing split in one line
     rows: list[dict[str, Any]] = []
     if cfg.teacher:
         teacher_dir, teacher_test = existing_teacher(cfg.teacher, open_shard_set(labelled[0]).classes)
     else:
         teacher_dir = root / "round0-teacher"
-        _, summary = _finetune(cfg, teacher_dir, stop, data=dataclasses.replace(cfg.data, train=labelled))
+        _, summary = _finetune(cfg, teacher_dir, stop, data=data)
         if summary.get("stopped_at") is not None:
             return summary  # asked to stop (time limit): the requeued job resumes this fine-tuning run
         teacher_test = summary.get("test", {})
@@ -142,7 +150,7 @@ def run(cfg: SemiSupConfig, stop=None) -> dict[str, Any]:
             ckpt = str(_teacher_encoder(teacher_dir / "best.pt", root / f"round{r}-teacher-encoder.pt"))
         student_dir = root / f"round{r}-student"
         train = labelled + [ShardSetConfig(str(out), "pseudo", cfg.pseudo_weight)]
-        _, summary = _finetune(cfg, student_dir, stop, ckpt=ckpt, data=dataclasses.replace(cfg.data, train=train))
+        _, summary = _finetune(cfg, student_dir, stop, ckpt=ckpt, data=dataclasses.replace(data, train=train))
         if summary.get("stopped_at") is not None:
             return summary
         manifest = json.loads((out / "manifest.json").read_text())

@@ -213,3 +213,21 @@ def test_stop_request_checkpoints_the_current_step_and_the_rerun_finishes_it(pre
     assert again["steps"] == 10 and "stopped_at" not in again
     _same_records(_records(run), _records(ref))
     assert again["test"]["accuracy"] == pytest.approx(json.loads((ref / "metrics.json").read_text())["accuracy"])
+
+
+def test_semisup_on_the_embedded_default_compares_teacher_and_student_on_its_test_split(pretrained, tmp_path):
+    """No data given: the synthetic corpus's labelled, unlabelled, val and test splits, for teacher and student alike
+    (the student's training data is given, so it must not lose the default val / test splits)."""
+    run = tmp_path / "semi"
+    summary = semisup_run(load_semisup_config([
+        f"ckpt={pretrained}", f"run_dir={run}", "steps=8", "eval_every=4", "log.every_steps=4",
+        f"data.synthetic.root={tmp_path / 'data'}", "data.synthetic.labelled=40", "data.synthetic.unlabelled=30",
+        "data.synthetic.val=20", "data.synthetic.test=20", "data.stream.clip_seconds=0.5", "data.stream.batch_size=8",
+        "data.stream.num_workers=0", "data.features.target_frames=48", "pseudo.threshold=null",
+        "pseudo.top_k_per_class=2"]))
+    teacher, student = summary["rows"]
+    assert teacher["num_clips"] == student["num_clips"] == 20
+    assert 0 <= student["pseudo_accuracy"] <= 1  # the unlabelled clips keep their true labels
+    for name in ("round0-teacher", "round1-student"):
+        assert (run / name / "best.pt").exists() and (run / name / "metrics.json").exists(), name
+        assert any("val_accuracy" in json.loads(line) for line in (run / name / "metrics.jsonl").read_text().splitlines())
