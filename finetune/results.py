@@ -2,7 +2,8 @@
 
 Three tables, each row fine-tuned with ``--seeds`` seeds on the same data:
 
-* ``pretraining``: from scratch vs SSAST-pretrained vs Audio-MAE-pretrained (mean head, full fine-tuning);
+* ``pretraining``: from scratch vs SSAST-pretrained vs Audio-MAE-pretrained (mean head, full fine-tuning), plus a
+  from-scratch control with frame tokens (SSAST's frame model: 128 x 2 patches) instead of 16 x 16 patches;
 * ``heads``: the rows of Table I of the layer-wise paper on the SSAST-pretrained encoder (baseline, frozen backbone
   with post-norm, pre-norm, post-norm, double-norm);
 * ``semisup``: teacher (labelled only) vs pseudo-label student under the synthetic city/device shift.
@@ -30,6 +31,11 @@ HEAD_ROWS = {  # Table I of the layer-wise fine-tuning paper
     "post-norm": ["head.kind=post_norm"],
     "double-norm": ["head.kind=double_norm"],
 }
+
+# SSAST's frame-model tokens (128 x 2, each a whole spectrum slice) for a from-scratch control: how much of what
+# pretraining buys the 16 x 16 patch model does a different tokenisation get without any pretraining?
+FRAME_TOKENS = ["scratch_encoder.patch_freq=128", "scratch_encoder.patch_time=2", "encoder.stride_freq=128",
+                "encoder.stride_time=2"]
 
 # A teacher far from perfect is rarely confident: keep its most confident quarter, class-balanced (top-k per predicted
 # class, 150 x 10 of the 6,000 unlabelled clips), rather than a fixed probability threshold that may keep nothing.
@@ -70,7 +76,8 @@ def main() -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--steps", type=int, default=600, help="fine-tuning steps per run")
     p.add_argument("--pretrain-steps", type=int, default=1500, help="pretraining steps (one run per method)")
-    p.add_argument("--depth", type=int, default=0, help="encoder blocks of every model (0: the tiny size's 12)")
+    p.add_argument("--depth", type=int, default=4,
+                   help="encoder blocks of every model (4: the embedded default; 0: the tiny size's 12)")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs at once, each on cores/jobs threads (on a small CPU, 2 jobs of 1 thread beat 1 of 2)")
     p.add_argument("--out", type=Path, default=Path("runs/results"))
@@ -106,10 +113,13 @@ def main() -> int:
         rows_of: dict[str, dict[str, list[Path]]] = {}
         if "pretraining" in tables:
             rows_of["pretraining"] = {}
-            for name, slug, ckpt in (("from scratch", "scratch", "none"), ("SSAST-pretrained", "ssast", ssast),
-                                     ("Audio-MAE-pretrained", "audiomae", ckpts.get("audiomae"))):
+            for name, slug, ckpt, extra in (("from scratch", "scratch", "none", []),
+                                            ("from scratch, frame tokens", "scratch-frames", "none", FRAME_TOKENS),
+                                            ("SSAST-pretrained", "ssast", ssast, []),
+                                            ("Audio-MAE-pretrained", "audiomae", ckpts.get("audiomae"), [])):
                 dirs = [out / "pretraining" / f"{slug}-seed{s}" for s in seeds]
-                planned.update({d: [f"ckpt={ckpt}", f"seed={s}", "head.kind=mean", *common] for s, d in zip(seeds, dirs)})
+                planned.update({d: [f"ckpt={ckpt}", f"seed={s}", "head.kind=mean", *extra, *common]
+                                for s, d in zip(seeds, dirs)})
                 rows_of["pretraining"][name] = dirs
         if "heads" in tables:
             rows_of["heads"] = {}
