@@ -352,7 +352,11 @@ def print_report(metrics: Mapping[str, Any], classes: Sequence[str] | None = Non
     splits = dict(metrics.get("groups", {}))
     if "seen_unseen" in metrics:
         splits["seen/unseen device"] = metrics["seen_unseen"]
+    shown: list[Mapping] = []
     for key, values in splits.items():
+        if values in shown:  # the same grouping under another name (the synthetic corpus's domain is its city)
+            continue
+        shown.append(values)
         table = Table(title=f"Per {key}")
         for col, justify in ((key, "left"), ("Acc %", "right"), ("Log loss", "right"), ("Clips", "right")):
             table.add_column(col, justify=justify)

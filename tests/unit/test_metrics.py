@@ -219,6 +219,17 @@ def test_rich_reports_render():
     assert text_bar(0.0) == "" and text_bar(0.5, width=4) == "██" and text_bar(0.5, width=1) == "▌"
 
 
+def test_a_grouping_under_two_names_is_printed_once():
+    probs, labels, meta = tau_like()
+    meta = [{**m, "domain": m["city"]} for m in meta]  # the synthetic corpus: domain is the city
+    m = evaluate_predictions(probs, labels, CLASSES, meta)
+    assert m["groups"]["domain"] == m["groups"]["city"]  # metrics.json keeps both names
+    console = Console(file=io.StringIO(), width=120, color_system=None)
+    print_report(m, CLASSES, console)
+    out = console.file.getvalue()
+    assert "Per city" in out and "Per domain" not in out
+
+
 def test_summarise_seeds_and_results_table():
     runs = [{"accuracy": a, "macro_auc": u, "groups": {"device": {"a": {"accuracy": a / 2}}}, "classes": ["x"]}
             for a, u in ((0.5, 0.8), (0.6, 0.9), (0.7, None))]
