@@ -87,6 +87,7 @@ def test_plateau_state_travels_with_the_scheduler_state_dict():
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, 10))
     for v in (0.5, 0.4, 0.3):
         sched.lr_lambdas[0].observe(v)
+    opt.step()  # torch's order: the optimizer steps before its scheduler
     sched.step()
     fresh = torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0),
                                               lr_lambda(cfg, 10))
