@@ -24,7 +24,7 @@ def _pretrain_prepare(cfg):
     resolve_data(cfg)  # builds the synthetic corpus on the submitting machine, once, when no data is given
 
 
-PRETRAIN = Entry("pretrain", _pretrain_config, _pretrain_run_dir, "pretrain.train:run", _pretrain_prepare)
+PRETRAIN = Entry("launch/pretrain.py", _pretrain_config, _pretrain_run_dir, "pretrain.train:run", _pretrain_prepare)
 
 
 def _finetune_config(argv):
@@ -45,7 +45,7 @@ def _finetune_prepare(cfg):
     resolve_data(cfg)  # checks the data (and builds the synthetic corpus) before anything is queued
 
 
-FINETUNE = Entry("layerwise", _finetune_config, _finetune_run_dir, "finetune.train:run", _finetune_prepare)
+FINETUNE = Entry("finetune/layerwise.py", _finetune_config, _finetune_run_dir, "finetune.train:run", _finetune_prepare)
 
 
 def _semisup_config(argv):
@@ -60,4 +60,5 @@ def _semisup_run_dir(cfg):
     return resolve_semisup_dir(cfg)
 
 
-PSEUDOLABEL = Entry("pseudolabel", _semisup_config, _semisup_run_dir, "finetune.semisup:run", _finetune_prepare)
+PSEUDOLABEL = Entry("finetune/pseudolabel.py", _semisup_config, _semisup_run_dir, "finetune.semisup:run",
+                    _finetune_prepare)

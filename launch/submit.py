@@ -26,7 +26,8 @@ CLUSTERS = ("slurm", "local", "debug")
 class Entry:
     """One command: how to read its config, where its run folder is, what each task runs."""
 
-    name: str
+    script: str
+    """The entry script, relative to the repository root (``finetune/layerwise.py``): usage lines and job names."""
     load_config: Callable[[list[str]], Any]
     run_dir: Callable[[Any], Path]
     target: str
@@ -109,7 +110,7 @@ def submit(entry: Entry, argv: list[str] | None = None, prog: str | None = None)
     from pretrain.config import to_yaml
 
     console = Console(stderr=True)
-    args, rest = make_parser(prog or f"python launch/{entry.name}.py").parse_known_args(argv)
+    args, rest = make_parser(prog or f"python {entry.script}").parse_known_args(argv)
     unknown_flags = [a for a in rest if a.startswith("-")]
     if unknown_flags:
         raise BadInput(f"unknown option {unknown_flags[0]!r}; cluster options are flags, the rest key=value")
@@ -126,7 +127,7 @@ def submit(entry: Entry, argv: list[str] | None = None, prog: str | None = None)
     if cluster == "debug" and args.nodes * tasks > 1:
         raise BadInput("--cluster debug runs one task in this process; use --cluster local for several tasks")
     params: dict[str, Any] = dict(nodes=args.nodes, tasks_per_node=tasks, cpus_per_task=cpus,
-                                  timeout_min=parse_time(args.time), name=f"{entry.name}-{run_dir.name}")
+                                  timeout_min=parse_time(args.time), name=f"{Path(entry.script).stem}-{run_dir.name}")
     if gpus:
         params["gpus_per_node"] = gpus
     if args.mem_gb:
