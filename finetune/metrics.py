@@ -338,7 +338,8 @@ def print_report(metrics: Mapping[str, Any], classes: Sequence[str] | None = Non
     overall = Table(title=f"Evaluation ({metrics.get('num_clips', '?')} clips)")
     for col in ("Acc %", "AUC", "Log loss"):
         overall.add_column(col, justify="right")
-    overall.add_row(fmt_percent(metrics.get("accuracy")), fmt_number(metrics.get("macro_auc")), fmt_number(metrics.get("log_loss")))
+    overall.add_row(fmt_percent(metrics.get("accuracy")), fmt_number(metrics.get("macro_auc")),
+                    fmt_number(metrics.get("log_loss")))
     console.print(overall)
 
     per_class = Table(title="Per class")
@@ -429,8 +430,29 @@ def summarise_seeds(runs: Sequence[Mapping[str, Any]], ddof: int = 1) -> dict[st
     return out
 
 
+RESULT_COLUMNS = (("Acc", "accuracy", 100.0), ("AUC", "macro_auc", 100.0))
+
+
+def results_cells(rows: Mapping[str, Sequence[Mapping[str, Any]]],
+                  columns: Sequence[tuple[str, str, float]] = RESULT_COLUMNS) -> list[tuple[str, list[str], int]]:
+    """(row name, "mean ± std" per column, seeds) for each row; a metric no seed has is "–"."""
+    out = []
+    for name, runs in rows.items():
+        summary = summarise_seeds(runs)
+        cells = []
+        for _, key, scale in columns:
+            s = summary.get(key)
+            if s is None:
+                cells.append("–")
+            else:
+                std = "–" if math.isnan(s["std"]) else f"{scale * s['std']:.2f}"
+                cells.append(f"{scale * s['mean']:.2f} ± {std}")
+        out.append((name, cells, len(runs)))
+    return out
+
+
 def results_table(rows: Mapping[str, Sequence[Mapping[str, Any]]],
-                  columns: Sequence[tuple[str, str, float]] = (("Acc", "accuracy", 100.0), ("AUC", "macro_auc", 100.0)),
+                  columns: Sequence[tuple[str, str, float]] = RESULT_COLUMNS,
                   title: str = "Results (mean ± std over seeds)") -> Any:
     """The paper's Table I: one row per system (baseline, frozen backbone, pre-norm, ...), "mean ± std" over seeds.
 
@@ -443,15 +465,6 @@ def results_table(rows: Mapping[str, Sequence[Mapping[str, Any]]],
     for header, _, _ in columns:
         table.add_column(header, justify="right")
     table.add_column("Seeds", justify="right")
-    for name, runs in rows.items():
-        summary = summarise_seeds(runs)
-        cells = []
-        for _, key, scale in columns:
-            s = summary.get(key)
-            if s is None:
-                cells.append("–")
-            else:
-                std = "–" if math.isnan(s["std"]) else f"{scale * s['std']:.2f}"
-                cells.append(f"{scale * s['mean']:.2f} ± {std}")
-        table.add_row(name, *cells, str(len(runs)))
+    for name, cells, n in results_cells(rows, columns):
+        table.add_row(name, *cells, str(n))
     return table

@@ -41,6 +41,11 @@ FRAME_TOKENS = ["scratch_encoder.patch_freq=128", "scratch_encoder.patch_time=2"
 # class, 150 x 10 of the 6,000 unlabelled clips), rather than a fixed probability threshold that may keep nothing.
 PSEUDO = ["pseudo.threshold=null", "pseudo.top_k_per_class=150"]
 
+# Test accuracy and macro AUC (%), and accuracy on the devices training saw and on those it did not (the shift).
+COLUMNS = (("Acc (%)", "accuracy", 100.0), ("AUC (%)", "macro_auc", 100.0),
+           ("seen devices (%)", "seen_unseen.seen.accuracy", 100.0),
+           ("unseen devices (%)", "seen_unseen.unseen.accuracy", 100.0))
+
 
 def _pretrain(method: str, out: Path, steps: int, depth: int) -> Path:
     from pretrain.config import load_pretrain_config
@@ -135,7 +140,7 @@ def main() -> int:
                              ("heads", "Layer-wise heads on the SSAST-pretrained encoder (paper Table I rows)")):
             if table in rows_of:
                 rows = {name: [done[d] for d in dirs] for name, dirs in rows_of[table].items()}
-                console.print(results_table(rows, title=title))
+                console.print(results_table(rows, COLUMNS, title=title))
                 md += _markdown(title, rows)
         if "semisup" in tables:
             dirs = [out / "semisup" / f"seed{s}" for s in seeds]
@@ -144,7 +149,7 @@ def main() -> int:
             rows = {"teacher (labelled only)": [r[0] for r in runs],
                     "student (labelled + pseudo-labels)": [r[1] for r in runs]}
             title = "Teacher vs pseudo-label student (synthetic city/device shift)"
-            console.print(results_table(rows, title=title))
+            console.print(results_table(rows, COLUMNS, title=title))
             md += _markdown(title, rows)
             acc = [r[1].get("pseudo_accuracy") for r in runs]
             md.append(f"Selected pseudo-labels per seed: {[r[1].get('pseudo_selected') for r in runs]}, their accuracy "
@@ -245,14 +250,11 @@ def _head_dir(out: Path, row: int, seed: int) -> Path:
 
 
 def _markdown(title: str, rows: dict[str, list[dict]]) -> list[str]:
-    from finetune.metrics import summarise_seeds
+    from finetune.metrics import results_cells
 
-    lines = [f"**{title}**", "", "| row | Acc (%) | AUC (%) | seeds |", "|---|---|---|---|"]
-    for name, runs in rows.items():
-        s = summarise_seeds([{k: r[k] for k in ("accuracy", "macro_auc") if k in r} for r in runs])
-        acc, auc = s["accuracy"], s["macro_auc"]
-        lines.append(f"| {name} | {100 * acc['mean']:.2f} ± {100 * acc['std']:.2f} | "
-                     f"{100 * auc['mean']:.2f} ± {100 * auc['std']:.2f} | {acc['n']} |")
+    lines = [f"**{title}**", "", "| row | " + " | ".join(h for h, _, _ in COLUMNS) + " | seeds |",
+             "|---" * (len(COLUMNS) + 2) + "|"]
+    lines += [f"| {name} | " + " | ".join(cells) + f" | {n} |" for name, cells, n in results_cells(rows, COLUMNS)]
     return lines + [""]
 
 

@@ -15,7 +15,7 @@ from rich.console import Console
 from finetune.metrics import (accuracy, auc_ovr_per_class, average_ranks, binary_auc, confusion_matrix,
                               evaluate_predictions, format_layer_weights, grouped_accuracy, log_loss, macro_auc_ovr,
                               per_class_accuracy, plot_confusion_matrix, print_report, read_predictions,
-                              results_table, summarise_seeds, text_bar, write_metrics, write_predictions)
+                              results_cells, results_table, summarise_seeds, text_bar, write_metrics, write_predictions)
 
 try:  # the reference implementation; not a runtime dependency of tessera
     import sklearn.metrics as skm
@@ -246,3 +246,13 @@ def test_summarise_seeds_and_results_table():
     console.print(table)
     out = console.file.getvalue()
     assert "60.00 ± 10.00" in out and "85.00 ± 7.07" in out and "50.00 ± –" in out
+
+
+def test_results_cells_reads_nested_columns_and_marks_missing_ones():
+    runs = [{"accuracy": a, "seen_unseen": {"seen": {"accuracy": a + 0.1}, "unseen": {"accuracy": a - 0.1}}}
+            for a in (0.4, 0.6)]
+    columns = (("Acc", "accuracy", 100.0), ("unseen", "seen_unseen.unseen.accuracy", 100.0),
+               ("AUC", "macro_auc", 100.0))
+    [(name, cells, n)] = results_cells({"teacher": runs}, columns)
+    assert (name, n) == ("teacher", 2)
+    assert cells == ["50.00 ± 14.14", "40.00 ± 14.14", "–"]
