@@ -202,6 +202,16 @@ def evaluate_predictions(probs: Any, labels: Any, classes: Sequence[str], meta: 
     return _jsonable(out)
 
 
+def headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The figures a run is compared by: accuracy, macro AUC, log loss, clip count and, under a device shift,
+    accuracy on the seen and the unseen devices (``seen_unseen.{seen,unseen}.accuracy``)."""
+    out: dict[str, Any] = {k: metrics[k] for k in ("accuracy", "macro_auc", "log_loss", "num_clips") if k in metrics}
+    if "seen_unseen" in metrics:
+        out["seen_unseen"] = {name: {k: part[k] for k in ("accuracy", "n") if k in part}
+                              for name, part in metrics["seen_unseen"].items()}
+    return out
+
+
 def write_metrics(path: str | os.PathLike, metrics: Mapping[str, Any]) -> Path:
     """metrics.json, atomically; NaN becomes null so any JSON reader can load it."""
     return atomic_write(path, json.dumps(_jsonable(metrics), indent=2, allow_nan=False) + "\n")

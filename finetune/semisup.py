@@ -20,6 +20,7 @@ import torch
 
 from finetune import pseudo
 from finetune.config import CONFIG_DIR, FinetuneConfig, FinetuneDataConfig, resolve_run_dir
+from finetune.metrics import headline
 from finetune.model import load_classifier
 from finetune.pseudo import PseudoLabelConfig
 from pretrain import distributed
@@ -80,7 +81,7 @@ def existing_teacher(path: str, classes: list[str]) -> tuple[Path, dict[str, Any
     if payload["classes"] != classes:
         raise BadInput(f"teacher={path}: its classes {payload['classes']} differ from the labelled data's {classes}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    return run_dir, {k: metrics[k] for k in ("accuracy", "macro_auc", "log_loss", "num_clips") if k in metrics}
+    return run_dir, headline(metrics)
 
 
 def resolve_semisup_dir(cfg: SemiSupConfig) -> Path:
@@ -101,6 +102,10 @@ def resolve_semisup_data(cfg: SemiSupConfig) -> tuple[FinetuneDataConfig, ShardS
     data = dataclasses.replace(d, train=[ShardSetConfig(root, "labelled")], val=d.val or ShardSetConfig(root, "val"),
                                test=d.test or ShardSetConfig(root, "test"))
     return data, cfg.unlabelled or ShardSetConfig(root, "unlabelled")
+
+
+def _percent(x: float | None) -> str:
+    return "" if x is None else f"{100 * x:.2f}"
 
 
 def run(cfg: SemiSupConfig, stop=None) -> dict[str, Any]:
@@ -155,19 +160,22 @@ def run(cfg: SemiSupConfig, stop=None) -> dict[str, Any]:
             return summary
         manifest = json.loads((out / "manifest.json").read_text())
         rep = manifest["pseudo"]["report"]
-        rows.append({"model": f"student round {r}", **summary.get("test", {}), "pseudo_selected": rep.get("num_selected"),
-                     "pseudo_accuracy": rep.get("accuracy"), "teacher_accuracy_unlabelled": rep.get("teacher_accuracy_all")})
+        rows.append({"model": f"student round {r}", **summary.get("test", {}),
+                     "pseudo_selected": rep.get("num_selected"), "pseudo_accuracy": rep.get("accuracy"),
+                     "teacher_accuracy_unlabelled": rep.get("teacher_accuracy_all")})
         teacher_dir = student_dir
 
     if env.is_main:
         table = Table(title=f"semi-supervised: teacher vs student (test split) - {root}")
-        for col in ("model", "Acc %", "AUC", "log loss", "pseudo-labels", "pseudo acc %"):
+        for col in ("model", "Acc %", "AUC", "log loss", "seen dev. %", "unseen dev. %", "pseudo-labels",
+                    "pseudo acc %"):
             table.add_column(col, justify="left" if col == "model" else "right")
         for row in rows:
-            pa = row.get("pseudo_accuracy")
-            table.add_row(row["model"], f"{100 * row.get('accuracy', float('nan')):.2f}",
-                          f"{row.get('macro_auc', float('nan')):.4f}", f"{row.get('log_loss', float('nan')):.4f}",
-                          str(row.get("pseudo_selected", "")), f"{100 * pa:.2f}" if pa is not None else "")
+            shift = row.get("seen_unseen", {})
+            table.add_row(row["model"], _percent(row.get("accuracy")), f"{row.get('macro_auc', float('nan')):.4f}",
+                          f"{row.get('log_loss', float('nan')):.4f}",
+                          *(_percent(shift.get(part, {}).get("accuracy")) for part in ("seen", "unseen")),
+                          str(row.get("pseudo_selected", "")), _percent(row.get("pseudo_accuracy")))
         console.print(table)
         atomic_write(root / "semisup.json", json.dumps(rows, indent=1))
     distributed.barrier()

@@ -289,7 +289,7 @@ def report(run_dir: Path, pred: dict, classes: list[str], cfg: FinetuneConfig, m
     M.print_report(metrics, classes, console)
     console.print(f"[bold green]done[/]: metrics -> {run_dir / 'metrics.json'}, confusion matrix -> "
                   f"{run_dir / 'confusion_matrix.png'}")
-    return {k: metrics[k] for k in ("accuracy", "macro_auc", "log_loss", "num_clips")}
+    return M.headline(metrics)
 
 
 def main(argv: list[str] | None = None) -> int:

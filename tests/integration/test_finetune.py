@@ -228,6 +228,8 @@ def test_semisup_on_the_embedded_default_compares_teacher_and_student_on_its_tes
     teacher, student = summary["rows"]
     assert teacher["num_clips"] == student["num_clips"] == 20
     assert 0 <= student["pseudo_accuracy"] <= 1  # the unlabelled clips keep their true labels
+    for row in (teacher, student):  # the shift is reported: every test clip is on a seen or an unseen device
+        assert row["seen_unseen"]["seen"]["n"] + row["seen_unseen"]["unseen"]["n"] == 20, row
     for name in ("round0-teacher", "round1-student"):
         assert (run / name / "best.pt").exists() and (run / name / "metrics.json").exists(), name
         assert any("val_accuracy" in json.loads(line) for line in (run / name / "metrics.jsonl").read_text().splitlines())

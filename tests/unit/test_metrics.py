@@ -13,9 +13,10 @@ import torch
 from rich.console import Console
 
 from finetune.metrics import (accuracy, auc_ovr_per_class, average_ranks, binary_auc, confusion_matrix,
-                              evaluate_predictions, format_layer_weights, grouped_accuracy, log_loss, macro_auc_ovr,
-                              per_class_accuracy, plot_confusion_matrix, print_report, read_predictions,
-                              results_cells, results_table, summarise_seeds, text_bar, write_metrics, write_predictions)
+                              evaluate_predictions, format_layer_weights, grouped_accuracy, headline, log_loss,
+                              macro_auc_ovr, per_class_accuracy, plot_confusion_matrix, print_report,
+                              read_predictions, results_cells, results_table, summarise_seeds, text_bar,
+                              write_metrics, write_predictions)
 
 try:  # the reference implementation; not a runtime dependency of tessera
     import sklearn.metrics as skm
@@ -256,3 +257,14 @@ def test_results_cells_reads_nested_columns_and_marks_missing_ones():
     [(name, cells, n)] = results_cells({"teacher": runs}, columns)
     assert (name, n) == ("teacher", 2)
     assert cells == ["50.00 ± 14.14", "40.00 ± 14.14", "–"]
+
+
+def test_headline_keeps_the_compared_figures_and_the_device_shift():
+    probs = np.eye(3)[[0, 1, 2, 0]] * 0.7 + 0.1
+    meta = [{"device": d} for d in ("a", "a", "s4", "s4")]
+    m = evaluate_predictions(probs, np.array([0, 1, 2, 1]), ["x", "y", "z"], meta, seen_devices=["a"])
+    h = headline(m)
+    assert set(h) == {"accuracy", "macro_auc", "log_loss", "num_clips", "seen_unseen"}
+    assert h["accuracy"] == 0.75 and h["num_clips"] == 4
+    assert h["seen_unseen"] == {"seen": {"accuracy": 1.0, "n": 2}, "unseen": {"accuracy": 0.5, "n": 2}}
+    assert "seen_unseen" not in headline(evaluate_predictions(probs, np.array([0, 1, 2, 1]), ["x", "y", "z"]))
