@@ -20,7 +20,7 @@ import torch
 
 from finetune import pseudo
 from finetune.config import CONFIG_DIR, FinetuneConfig, FinetuneDataConfig, resolve_run_dir
-from finetune.metrics import headline
+from finetune.metrics import fmt_number, fmt_percent, headline
 from finetune.model import load_classifier
 from finetune.pseudo import PseudoLabelConfig
 from pretrain import distributed
@@ -104,10 +104,6 @@ def resolve_semisup_data(cfg: SemiSupConfig) -> tuple[FinetuneDataConfig, ShardS
     return data, cfg.unlabelled or ShardSetConfig(root, "unlabelled")
 
 
-def _percent(x: float | None) -> str:
-    return "" if x is None else f"{100 * x:.2f}"
-
-
 def run(cfg: SemiSupConfig, stop=None) -> dict[str, Any]:
     from rich.console import Console
     from rich.table import Table
@@ -172,10 +168,10 @@ def run(cfg: SemiSupConfig, stop=None) -> dict[str, Any]:
             table.add_column(col, justify="left" if col == "model" else "right")
         for row in rows:
             shift = row.get("seen_unseen", {})
-            table.add_row(row["model"], _percent(row.get("accuracy")), f"{row.get('macro_auc', float('nan')):.4f}",
-                          f"{row.get('log_loss', float('nan')):.4f}",
-                          *(_percent(shift.get(part, {}).get("accuracy")) for part in ("seen", "unseen")),
-                          str(row.get("pseudo_selected", "")), _percent(row.get("pseudo_accuracy")))
+            table.add_row(row["model"], fmt_percent(row.get("accuracy")), fmt_number(row.get("macro_auc")),
+                          fmt_number(row.get("log_loss")),
+                          *(fmt_percent(shift.get(part, {}).get("accuracy")) for part in ("seen", "unseen")),
+                          str(row.get("pseudo_selected", "")), fmt_percent(row.get("pseudo_accuracy")))
         console.print(table)
         atomic_write(root / "semisup.json", json.dumps(rows, indent=1))
     distributed.barrier()
