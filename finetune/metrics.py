@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from shards.atomic import atomic_write
+from launch.common.files import atomic_write
 
 GROUP_KEYS = ("device", "city", "domain")
 

@@ -9,9 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from finetune.heads import HeadConfig, build_head, set_requires_grad
+from launch.common.errors import BadInput
 from pretrain.encoder import Encoder, EncoderConfig
 from pretrain.engine import decays
-from shards.errors import BadInput
 
 log = logging.getLogger(__name__)
 

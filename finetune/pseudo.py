@@ -18,8 +18,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from shards.errors import BadInput
-from shards.atomic import atomic_write
+from launch.common.errors import BadInput
+from launch.common.files import atomic_write
 from shards.writer import FORMAT, MANIFEST, tar_writer
 
 SPLIT = "pseudo"

@@ -97,7 +97,7 @@ def main() -> int:
     from rich.console import Console
 
     from finetune.metrics import results_table
-    from shards.atomic import atomic_write
+    from launch.common.files import atomic_write
 
     console = Console(width=140)
     out = args.out.resolve()
@@ -169,7 +169,7 @@ def plot_results(rows_of: dict[str, dict[str, list[Path]]], path: Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from shards.atomic import replacing
+    from launch.common.files import replacing
 
     fig = Figure(figsize=(11, 4))
     FigureCanvasAgg(fig)

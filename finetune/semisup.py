@@ -23,12 +23,12 @@ from finetune.config import CONFIG_DIR, FinetuneConfig, FinetuneDataConfig, reso
 from finetune.metrics import fmt_number, fmt_percent, headline
 from finetune.model import load_classifier
 from finetune.pseudo import PseudoLabelConfig
+from launch.common.errors import BadInput, cli
+from launch.common.files import atomic_write
 from pretrain import distributed
 from pretrain.checkpoint import export_encoder
 from pretrain.config import merge_config
-from shards.atomic import atomic_write
 from shards.default import ensure_synthetic
-from shards.errors import BadInput, cli
 from shards.features import build_features
 from shards.stream import ShardSetConfig, open_shard_set
 

@@ -23,14 +23,14 @@ import torch.nn.functional as F
 from finetune import metrics as M
 from finetune.config import FinetuneConfig, load_finetune_config, resolve_run_dir
 from finetune.model import build_classifier, finetune_groups
+from launch.common.errors import BadInput, cli
+from launch.common.files import replacing
 from pretrain import checkpoint, distributed
 from pretrain.config import to_yaml
 from pretrain.engine import build_engine, watched
-from pretrain.train import step_seed, stop_requested, truncate_metrics
 from pretrain.masking import mae_mask_2d
-from shards.atomic import replacing
+from pretrain.train import step_seed, stop_requested, truncate_metrics
 from shards.default import ensure_synthetic
-from shards.errors import BadInput, cli
 from shards.features import build_features
 from shards.stream import ShardSet, ShardSetConfig, eval_batches, open_shard_set, train_loader
 

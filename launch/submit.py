@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from shards.errors import BadInput, cli
+from launch.common.errors import BadInput, cli
 
 CLUSTERS = ("slurm", "local", "debug")
 
@@ -102,9 +102,8 @@ def check_slurm_request(partition: str | None, nodes: int, gpus_per_node: int, c
 
 def submit(entry: Entry, argv: list[str] | None = None, prog: str | None = None) -> Any:
     """Parse, validate, prepare and submit; returns the submitit job (or the results for waited runs)."""
-    from rich.console import Console
-
     import submitit
+    from rich.console import Console
 
     from launch.task import Job
     from pretrain.config import to_yaml

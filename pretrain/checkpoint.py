@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
+from launch.common.files import atomic_write, replacing
 from pretrain.distributed import barrier
-from shards.atomic import atomic_write, replacing
 
 log = logging.getLogger(__name__)
 

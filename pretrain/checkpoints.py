@@ -16,7 +16,7 @@ given by ``encoder_overrides`` (target_frames, num_mel_bins, stride_freq, stride
 read), ``step``, ``head`` (the head kind of the method's official fine-tuning: "mean" for SSAST, "mean_fc_norm" for
 Audio-MAE, which drops the final norm), ``notes`` (what was adapted or assumed), and for an official fine-tuned
 Audio-MAE file ``official_head`` (its ``fc_norm.*`` / ``head.*``). A wrong or truncated file raises
-:class:`shards.errors.BadInput` with one line naming it. This is the only module besides pretrain/engine.py that
+:class:`launch.common.errors.BadInput` with one line naming it. This is the only module besides pretrain/engine.py that
 imports DeepSpeed, lazily and only for ZeRO consolidation.
 """
 from __future__ import annotations
@@ -30,14 +30,25 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
+from launch.common.errors import BadInput
 from pretrain.checkpoint import ENCODER_FORMAT, complete_checkpoints
-from pretrain.checkpoints_official import (FITTABLE, audiomae_to_encoder, check_encoder_state, detect_official,
-                                           export_official_audiomae, export_official_ssast, fit_encoder,
-                                           load_official_audiomae, load_official_audiomae_model, load_official_ssast,
-                                           load_official_ssast_model, read_torch, size_of,
-                                           ssast_to_encoder)
+from pretrain.checkpoints_official import (
+    FITTABLE,
+    audiomae_to_encoder,
+    check_encoder_state,
+    detect_official,
+    export_official_audiomae,
+    export_official_ssast,
+    fit_encoder,
+    load_official_audiomae,
+    load_official_audiomae_model,
+    load_official_ssast,
+    load_official_ssast_model,
+    read_torch,
+    size_of,
+    ssast_to_encoder,
+)
 from pretrain.encoder import EncoderConfig
-from shards.errors import BadInput
 
 MODEL_STATES = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")  # ZeRO <= 2, ZeRO-3
 OFFICIAL_HEAD = {"ssast": "mean", "audiomae": "mean_fc_norm"}

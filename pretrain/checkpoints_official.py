@@ -42,9 +42,9 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
+from launch.common.errors import BadInput
 from pretrain.audiomae import audiomae_pos_embed
 from pretrain.encoder import MLP_RATIO, MODEL_SIZES, EncoderConfig, adapt_pos_embed, reorder_pos_embed
-from shards.errors import BadInput
 
 BLOCK_KEYS = tuple(f"{m}.{p}" for m in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
                    for p in ("weight", "bias"))

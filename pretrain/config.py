@@ -18,10 +18,10 @@ from typing import Any, Optional, Sequence, TypeVar
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from launch.common.errors import BadInput
 from pretrain.audiomae import AudioMAEConfig
 from pretrain.ssast import SSASTConfig
 from shards.default import SyntheticDataConfig
-from shards.errors import BadInput
 from shards.features import FeatureConfig
 from shards.stream import ShardSetConfig, StreamConfig
 

@@ -12,8 +12,8 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from launch.common.errors import BadInput
 from pretrain.config import DeepSpeedConfig, OptimConfig
-from shards.errors import BadInput
 
 
 def deepspeed_config(ds: DeepSpeedConfig, optim: OptimConfig, micro_batch: int, world: int) -> dict[str, Any]:

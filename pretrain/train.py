@@ -7,13 +7,13 @@ uninterrupted one (same seed and world size).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import sys
 import time
 from contextlib import nullcontext
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,14 +21,15 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from launch.common.errors import BadInput, cli
+from launch.common.files import atomic_write
+from launch.common.seeds import step_seed
 from pretrain import checkpoint, distributed
 from pretrain.config import PretrainConfig, config_hash, load_pretrain_config, to_yaml
 from pretrain.engine import build_engine, watched
-from shards.atomic import atomic_write
 from shards.default import ensure_synthetic
-from shards.errors import BadInput, cli
 from shards.features import build_features
-from shards.stream import ShardSetConfig, derive_seed, eval_batches, train_loader
+from shards.stream import ShardSetConfig, eval_batches, train_loader
 
 log = logging.getLogger("pretrain")
 
@@ -66,11 +67,6 @@ def resolve_val(cfg: PretrainConfig) -> ShardSetConfig | None:
     from shards.default import synthetic_dir
 
     return ShardSetConfig(str(synthetic_dir(cfg.data.synthetic, cfg.data.stream.sample_rate)), "val")
-
-
-def step_seed(seed: int, rank: int, micro_step: int) -> int:
-    """Seed of a step's masks and dropout (salted: never equal to a data-stream seed of the same numbers)."""
-    return derive_seed(seed, rank, micro_step, 0x5EED)
 
 
 @dataclass
@@ -282,7 +278,8 @@ def run(cfg: PretrainConfig, stop=None) -> dict[str, Any]:
 def _progress_bar(console, cfg: PretrainConfig, start: int):
     from contextlib import contextmanager
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+    from rich.progress import Progress as Bar
 
     @contextmanager
     def bar():

@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from shards.errors import BadInput
+from launch.common.errors import BadInput
 from shards.sources import SOURCES, get_source
 
 

@@ -23,7 +23,7 @@ def shard_urls(sources: Sequence[str], split: str) -> tuple[list[str], Optional[
     (a tar, a brace pattern ``train-{000000..000009}.tar``, a URL) is passed to WebDataset as it is."""
     import webdataset as wds
 
-    from shards.errors import BadInput
+    from launch.common.errors import BadInput
     from shards.stream import ShardSetConfig, open_shard_set
     from shards.writer import MANIFEST
 
@@ -81,7 +81,7 @@ def iter_logmel_batches(waves: Iterable[tuple[Tensor, int]], cfg: FeatureConfig,
             return None
         rate = key[1]
         if cfg.kind == "cpjku" and rate != 32000:
-            from shards.errors import BadInput
+            from launch.common.errors import BadInput
 
             raise BadInput(f"the cpjku front end needs 32 kHz shards; these hold {rate} Hz audio")
         wave = torch.stack(pending).to(device)  # [b, n]
@@ -158,7 +158,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     st.add_argument("--batch", type=int, default=32, help="clips per fbank call (default: 32)")
     st.add_argument("--device", default="cpu", help="where the fbank runs (default: cpu)")
     args = st.parse_args(argv)
-    from shards.errors import BadInput
+    from launch.common.errors import BadInput
 
     try:
         return stats_main(args)

@@ -39,8 +39,9 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from launch.common.errors import BadInput
+from launch.common.seeds import derive_seed
 from shards.audio import decode_flac
-from shards.errors import BadInput
 from shards.writer import MANIFEST
 
 log = logging.getLogger(__name__)
@@ -248,11 +249,6 @@ def _decode(sample: dict, counter: _Counter) -> tuple[np.ndarray, dict] | None:
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Training stream
-
-
-def derive_seed(*parts: int) -> int:
-    """A 64-bit seed that is a pure function of ``parts`` (e.g. seed, rank, step): independent streams per tuple."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0])
 
 
 class TrainStream(IterableDataset):

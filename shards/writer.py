@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import multiprocessing as mp
 import os
 import threading
 import time
@@ -25,12 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import multiprocessing as mp
-
+from launch.common.errors import BadInput
+from launch.common.files import atomic_write
 from shards import audio
-from shards.atomic import atomic_write
 from shards.clip import Clip, Corpus
-from shards.errors import BadInput
 
 MANIFEST = "manifest.json"
 FORMAT = "tessera-shards/1"

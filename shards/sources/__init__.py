@@ -5,7 +5,7 @@ A source module provides::
     def add_arguments(parser: argparse.ArgumentParser) -> None   # its own CLI flags (optional)
     def load(root: Path | None, args: argparse.Namespace) -> Corpus
 
-``load`` checks the tree and the CSVs and raises :class:`shards.errors.BadInput` with file and line on bad input;
+``load`` checks the tree and the CSVs and raises :class:`launch.common.errors.BadInput` with file and line on bad input;
 listing the clips of a split happens lazily through ``Corpus.splits``.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ SOURCES: dict[str, str] = {
 
 def get_source(name: str) -> ModuleType:
     """The reader module for ``name`` (one of :data:`SOURCES`)."""
-    from shards.errors import BadInput
+    from launch.common.errors import BadInput
 
     if name not in SOURCES:
         raise BadInput(f"unknown source {name!r}; expected one of {', '.join(SOURCES)}")

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from shards.errors import BadInput, at
+from launch.common.errors import BadInput, at
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff")
 """What counts as an audio file when a reader scans a tree (anything soundfile decodes)."""

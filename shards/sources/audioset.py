@@ -45,8 +45,8 @@ import re
 from pathlib import Path
 from typing import Callable, Iterator
 
+from launch.common.errors import BadInput
 from shards.clip import Clip, Corpus, sanitize_key
-from shards.errors import BadInput
 from shards.sources._csv import fail, read_csv, require_file, scan_audio
 
 SEGMENT_CSVS = {"balanced": "balanced_train_segments.csv", "unbalanced": "unbalanced_train_segments.csv",

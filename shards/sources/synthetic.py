@@ -59,8 +59,8 @@ from typing import Iterator
 
 import numpy as np
 
+from launch.common.errors import BadInput
 from shards.clip import Clip, Corpus
-from shards.errors import BadInput
 from shards.sources import _scenes as sc
 
 

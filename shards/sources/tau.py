@@ -33,8 +33,8 @@ import re
 from pathlib import Path
 from typing import Iterator
 
+from launch.common.errors import BadInput
 from shards.clip import Clip, Corpus, sanitize_key
-from shards.errors import BadInput
 from shards.sources._csv import fail, read_csv, require_file
 
 CLASSES = ["airport", "shopping_mall", "metro_station", "street_pedestrian", "public_square", "street_traffic",

@@ -11,7 +11,7 @@ from finetune.config import load_finetune_config
 from finetune.semisup import load_semisup_config
 from finetune.semisup import run as semisup_run
 from finetune.train import run as finetune_run
-from shards.errors import BadInput
+from launch.common.errors import BadInput
 from tests.fixtures.pretrain_runs import tiny_overrides
 from tests.fixtures.tiny_corpus import build_tiny
 

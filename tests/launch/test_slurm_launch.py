@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import submitit
 
+from launch.common.errors import BadInput
 from launch.entries import FINETUNE, PRETRAIN
 from launch.submit import submit
-from shards.errors import BadInput
 from tests.fixtures.pretrain_runs import read_metrics, tiny_overrides
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]

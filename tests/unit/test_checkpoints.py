@@ -9,17 +9,23 @@ import pytest
 import torch
 
 from finetune.heads import HeadConfig, build_head
+from launch.common.errors import BadInput
 from pretrain.audiomae import AudioMAE, AudioMAEConfig, audiomae_pos_embed
 from pretrain.checkpoint import ENCODER_FORMAT, export_encoder
-from pretrain.checkpoints import (export_official_audiomae, export_official_ssast, load_encoder,
-                                  load_official_audiomae, load_official_audiomae_model, load_official_ssast,
-                                  load_official_ssast_model)
+from pretrain.checkpoints import (
+    export_official_audiomae,
+    export_official_ssast,
+    load_encoder,
+    load_official_audiomae,
+    load_official_audiomae_model,
+    load_official_ssast,
+    load_official_ssast_model,
+)
 from pretrain.config import PretrainConfig, to_yaml
 from pretrain.encoder import Encoder, EncoderConfig, adapt_pos_embed
 from pretrain.reference import OfficialAST, official_joint_loss
 from pretrain.reference_mae import OfficialAudioMAE, OfficialAudioMAEViT
 from pretrain.ssast import SSAST, SSASTConfig
-from shards.errors import BadInput
 
 F64 = torch.float64
 D, HEADS, DEPTH = 192, 3, 2  # "tiny" width with 2 blocks

@@ -8,8 +8,8 @@ from omegaconf import OmegaConf
 
 from finetune.config import FinetuneConfig, load_finetune_config
 from finetune.semisup import SemiSupConfig
+from launch.common.errors import BadInput
 from pretrain.config import CONFIG_DIR, PretrainConfig, config_hash, load_pretrain_config, to_yaml
-from shards.errors import BadInput
 
 SNAPSHOT = Path(__file__).with_name("config_keys.txt")
 

@@ -6,8 +6,8 @@ import torch
 
 from finetune.heads import HeadConfig
 from finetune.model import build_classifier, finetune_groups
+from launch.common.errors import BadInput
 from pretrain.encoder import EncoderConfig
-from shards.errors import BadInput
 
 SCRATCH = EncoderConfig(size="tiny", depth=3, target_frames=48, cls_tokens=2)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from launch.common.errors import BadInput
 from launch.submit import parse_time
-from shards.errors import BadInput
 
 REPO = Path(__file__).resolve().parents[2]
 

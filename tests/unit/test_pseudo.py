@@ -13,8 +13,8 @@ from omegaconf import OmegaConf
 from rich.console import Console
 
 from finetune.pseudo import PseudoLabelConfig, Selection, print_selection, select, selection_report, write_pseudo_shards
+from launch.common.errors import BadInput
 from shards.clip import Clip
-from shards.errors import BadInput
 from shards.stream import ShardSetConfig, StreamConfig, eval_batches, open_shard_set, train_loader
 from tests.fixtures.tiny_corpus import CLASSES, build_tiny, render
 

@@ -10,12 +10,21 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from shards.errors import BadInput
+from launch.common.errors import BadInput
 from shards.sources import get_source
 from shards.sources._csv import read_csv
 from shards.sources.audioset import parse_audio_name
-from tests.fixtures.raw_trees import (TREES, RawTree, audioset_tree, cas2023_tree, folder_tree, librispeech_tree,
-                                      tau20_tree, tau22_eval_tree, tau22_tree)
+from tests.fixtures.raw_trees import (
+    TREES,
+    RawTree,
+    audioset_tree,
+    cas2023_tree,
+    folder_tree,
+    librispeech_tree,
+    tau20_tree,
+    tau22_eval_tree,
+    tau22_tree,
+)
 
 
 def listed(corpus) -> dict[str, list]:

@@ -11,8 +11,8 @@ import pytest
 import torch
 import webdataset as wds
 
+from launch.common.errors import BadInput
 from shards.audio import encode_flac
-from shards.errors import BadInput
 from shards.stream import ShardSetConfig, StreamConfig, eval_batches, open_shard_set, train_loader
 from tests.fixtures.tiny_corpus import build_tiny
 

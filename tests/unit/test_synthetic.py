@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from launch.common.errors import BadInput
 from shards.cli import make_parser
-from shards.errors import BadInput
 from shards.sources import get_source
 from shards.sources.synthetic import CITIES, DEVICES, SCENES, clip_plan, load, render_clip
 from shards.writer import BuildOptions, build

@@ -16,8 +16,8 @@ import pytest
 import soundfile as sf
 import webdataset as wds
 
+from launch.common.errors import BadInput
 from shards.clip import Clip, Corpus
-from shards.errors import BadInput
 from shards.writer import BuildOptions, build
 from tests.fixtures.tiny_corpus import CLASSES, build_tiny, tiny_corpus
 
