@@ -5,13 +5,12 @@ import random
 import time
 
 import torch
-
-from pretrain.reference import gen_maskid_patch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pretrain.encoder import freq_ids_to_tokens
 from pretrain.masking import mae_mask_2d, mae_random_masking, random_mask_ids, ssast_cluster_mask
+from pretrain.tools.reference_ssast import gen_maskid_patch
 
 # Masked fraction per frequency row of the official generator on 8x64 (models.md §1.3).
 OFFICIAL_ROW_RATES = torch.tensor([0.42, 0.67, 0.81, 0.87, 0.89, 0.89, 0.89, 0.82])

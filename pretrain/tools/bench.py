@@ -1,4 +1,4 @@
-"""python pretrain/bench.py: training-step throughput of SSAST and Audio-MAE, ours vs the official-style path.
+"""python pretrain/tools/bench.py: training-step throughput of SSAST and Audio-MAE, ours vs the official-style path.
 
 Prints one table: clips/s, tokens/s, ms/step, peak memory, and on GPU achieved TFLOP/s and MFU, with the speed-up of
 ours over the reference at the same size and batch. Small on CPU (``--size tiny``), base-size on GPU by default.
@@ -8,19 +8,19 @@ import sys
 import time
 from pathlib import Path
 
-_HERE = Path(__file__).resolve().parent  # pretrain/ ; put the repository root there instead (entry trampoline)
-sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+_HERE = Path(__file__).resolve().parent  # pretrain/tools/ ; put the repository root there instead (entry trampoline)
+sys.path[:] = [str(_HERE.parents[1])] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 import torch  # noqa: E402
 
-from pretrain.bench_steps import (count_flops, device_peak, make_ours_step, make_reference_mae_step,  # noqa: E402
-                                  make_reference_ssast_step, result, time_step)
+from pretrain.tools.bench_steps import (count_flops, device_peak, make_ours_step,  # noqa: E402
+                                        make_reference_mae_step, make_reference_ssast_step, result, time_step)
 
 
 def bench_ssast(args, device, dtype, peak):
     from pretrain.encoder import EncoderConfig
-    from pretrain.reference import OfficialAST
     from pretrain.ssast import SSAST, SSASTConfig
+    from pretrain.tools.reference_ssast import OfficialAST
 
     enc = EncoderConfig(size=args.size, target_frames=args.frames, cls_tokens=2, depth=args.depth)
     mask = int(round(enc.num_patches * 400 / 512))
@@ -45,7 +45,7 @@ def bench_ssast(args, device, dtype, peak):
 def bench_audiomae(args, device, dtype, peak):
     from pretrain.audiomae import AudioMAE, AudioMAEConfig
     from pretrain.encoder import EncoderConfig
-    from pretrain.reference import OfficialAudioMAE
+    from pretrain.tools.reference_mae import OfficialAudioMAE
 
     enc = EncoderConfig(size=args.size, target_frames=args.frames, cls_tokens=1, pos_embed="sincos",
                         token_order="time", depth=args.depth)
@@ -74,7 +74,7 @@ def bench_audiomae(args, device, dtype, peak):
 
 def main() -> int:
     gpu = torch.cuda.is_available()
-    p = argparse.ArgumentParser(prog="python pretrain/bench.py", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python pretrain/tools/bench.py", description=__doc__.splitlines()[0])
     p.add_argument("--method", choices=("ssast", "audiomae", "both"), default="both")
     p.add_argument("--device", default="cuda" if gpu else "cpu")
     p.add_argument("--size", default="base" if gpu else "tiny", help="encoder size (base on GPU, tiny on CPU)")
@@ -115,7 +115,7 @@ def main() -> int:
                       f"{r.tflops:.1f}" if r.tflops else "-", f"{100 * r.mfu:.1f}%" if r.mfu else "-",
                       f"{r.clips_per_s / ref.clips_per_s:.2f}x" if ref else "")
     Console(width=170).print(table)
-    print("command: python pretrain/bench.py " + " ".join(sys.argv[1:]))
+    print("command: python pretrain/tools/bench.py " + " ".join(sys.argv[1:]))
     return 0
 
 

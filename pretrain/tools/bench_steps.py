@@ -1,10 +1,11 @@
 """Training-step benchmark: our SSAST / Audio-MAE step against the official-style path, same size and batch.
 
 Ours: one batched SSAST pass (both masks), fused SDPA attention, bf16 autocast on GPU, fused AdamW.
-Reference (pretrain/reference.py, written the way the released code runs): naive softmax(QK^T) attention, two SSAST
-passes per step with per-sample Python masking, fp32 for SSAST; fp16 autocast + GradScaler for Audio-MAE.
-Both start from the log-mel batch (features are benchmarked by shards/bench.py). FLOPs are counted once on our
-model's step with torch's FlopCounterMode and used for both paths, so MFU compares the same useful work.
+Reference (pretrain/tools/reference_ssast.py and reference_mae.py, written the way the released code runs): naive
+softmax(QK^T) attention, two SSAST passes per step with per-sample Python masking, fp32 for SSAST; fp16 autocast +
+GradScaler for Audio-MAE. Both start from the log-mel batch (features are benchmarked by shards/tools/bench.py).
+FLOPs are counted once on our model's step with torch's FlopCounterMode and used for both paths, so MFU compares the
+same useful work.
 """
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ def make_ours_step(model: nn.Module, fbank: torch.Tensor, device: torch.device, 
 
 def make_reference_ssast_step(model: nn.Module, fbank: torch.Tensor, mask_patches: int, cluster: bool) -> Callable[[], None]:
     """src/traintest_mask.py: two full passes (mpc, mpg) with independent Python-loop masks, fp32, Adam."""
-    from pretrain.reference import official_joint_loss
+    from pretrain.tools.reference_ssast import official_joint_loss
 
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=5e-7, betas=(0.95, 0.999))
 

@@ -1,4 +1,4 @@
-"""python shards/bench.py [--device auto|cpu|cuda] [--batch 64] [--repeats 5] [--quick]: input-pipeline throughput.
+"""python shards/tools/bench.py [--device auto|cpu|cuda] [--batch N] [--repeats N] [--quick]: input-pipeline throughput.
 
 (a) Per DataLoader worker (one process, one thread): FLAC decode + random crop of 10 s and 1 s clips, and the same
     plus SSAST/Audio-MAE's per-clip ``torchaudio.compliance.kaldi.fbank`` (what their workers do).
@@ -8,10 +8,10 @@
 import sys
 from pathlib import Path
 
-# Run by path, Python puts shards/ first on sys.path, where a module named like a dependency or a sibling package
+# Run by path, Python puts shards/tools/ first on sys.path, where a module named like a dependency or a sibling package
 # would shadow it. Put the repository root there instead (the trampoline every entry script shares).
 _HERE = Path(__file__).resolve().parent
-sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path[:] = [str(_HERE.parents[1])] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 import argparse  # noqa: E402
 import datetime  # noqa: E402
@@ -119,7 +119,7 @@ def describe_cpu() -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python shards/bench.py", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python shards/tools/bench.py", description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: the CPU, and the GPU when torch.cuda.is_available() (default)")
     parser.add_argument("--batch", type=int, default=64, help="clips per batch in (b) (default: 64)")
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
     from rich.table import Table
 
     console = Console(width=None if sys.stdout.isatty() else 110)
-    console.print(f"command  python {shlex.join(sys.argv if argv is None else ['shards/bench.py', *argv])}")
+    console.print(f"command  python {shlex.join(sys.argv if argv is None else ['shards/tools/bench.py', *argv])}")
     console.print(f"date     {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
     console.print(f"torch    {torch.__version__}, torchaudio {torchaudio.__version__}, "
                   f"{torch.get_num_threads()} CPU threads")

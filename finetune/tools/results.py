@@ -1,4 +1,4 @@
-"""python finetune/results.py: the results benchmark (not a test) on the synthetic corpus, mean +- std over seeds.
+"""python finetune/tools/results.py: the results benchmark (not a test) on the synthetic corpus, mean +- std over seeds.
 
 Three tables, each row fine-tuned with ``--seeds`` seeds on the same data:
 
@@ -21,8 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-_HERE = Path(__file__).resolve().parent  # finetune/ ; put the repository root there instead (entry trampoline)
-sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+_HERE = Path(__file__).resolve().parent  # finetune/tools/ ; put the repository root there instead (entry trampoline)
+sys.path[:] = [str(_HERE.parents[1])] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 HEAD_ROWS = {  # Table I of the layer-wise fine-tuning paper
     "baseline (mean)": ["head.kind=mean"],
@@ -76,7 +76,7 @@ def _semisup(run_dir: Path, args: list[str]) -> list[dict]:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(prog="python finetune/results.py", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python finetune/tools/results.py", description=__doc__.splitlines()[0])
     p.add_argument("--tables", default="pretraining,heads,semisup", help="comma-separated subset of the tables")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--steps", type=int, default=600, help="fine-tuning steps per run")
@@ -103,7 +103,7 @@ def main() -> int:
     out = args.out.resolve()
     common = [f"steps={args.steps}", f"eval_every={max(1, args.steps // 4)}", f"scratch_encoder.depth={args.depth}"]
     seeds = range(args.seeds)
-    command = (f"python finetune/results.py --seeds {args.seeds} --steps {args.steps} --pretrain-steps "
+    command = (f"python finetune/tools/results.py --seeds {args.seeds} --steps {args.steps} --pretrain-steps "
                f"{args.pretrain_steps} --depth {args.depth} --jobs {args.jobs}")
     md = [f"Results on the synthetic corpus ({time.strftime('%Y-%m-%d')}, {_machine()}): `{command}`", ""]
 

@@ -1,6 +1,7 @@
-"""python shards/synthetic_report.py: how fast and how hard the synthetic corpus is (a measurement, not a test).
+"""python shards/tools/synthetic_report.py: how fast and how hard the synthetic corpus is (a measurement, not a test).
 
-Run it pinned for a one-core figure: ``taskset -c 0 python shards/synthetic_report.py`` (``--labelled 0``: speed only).
+Run it pinned for a one-core figure: ``taskset -c 0 python shards/tools/synthetic_report.py`` (``--labelled 0``: speed
+only).
 
 Speed: clips rendered per second by one process on one core. Difficulty: a cheap probe (logistic regression on the
 mean and standard deviation over time of 64 log-mel bands, which sees spectra but hardly any temporal structure)
@@ -14,8 +15,8 @@ from pathlib import Path
 
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_var, "1")  # "one core" means one thread for numpy's BLAS/FFT helpers too
-_HERE = Path(__file__).resolve().parent  # the entry-script trampoline: the repository root instead of shards/
-sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+_HERE = Path(__file__).resolve().parent  # the entry-script trampoline: the repository root instead of shards/tools/
+sys.path[:] = [str(_HERE.parents[1])] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 import argparse  # noqa: E402
 import time  # noqa: E402

@@ -1,4 +1,4 @@
-"""Official-style Audio-MAE, re-implemented as the original runs: the baseline for tests and for pretrain/bench.py.
+"""Official-style Audio-MAE, re-implemented as the original runs: the baseline for tests and pretrain/tools/bench.py.
 
 ``OfficialAudioMAE`` mirrors facebookresearch/AudioMAE models_mae.py ``MaskedAutoencoderViT`` (audio_exp=True,
 in_chans=1) and ``OfficialAudioMAEViT`` mirrors models_vit.py ``VisionTransformer(global_pool=True)`` as
@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pretrain.reference import Block, PatchEmbed
 from pretrain.swin import LocalDecoderBlock, WindowAttention
+from pretrain.tools.reference_ssast import Block, PatchEmbed
 
 
 # ------------------------------------------------------------------------------------ util/pos_embed.py verbatim

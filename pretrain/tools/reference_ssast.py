@@ -1,4 +1,4 @@
-"""Official-style SSAST model, re-implemented as the original runs: the baseline for tests and for pretrain/bench.py.
+"""Official-style SSAST model, re-implemented as the original runs: the baseline for tests and pretrain/tools/bench.py.
 
 ``OfficialAST`` mirrors YuanGongND/ssast src/models/ast_models.py ``ASTModel`` (timm 0.4.5 DeiT-distilled backbone
 ``self.v``) with the exact parameter names of the released checkpoints once wrapped in ``nn.DataParallel``
@@ -13,7 +13,8 @@ and buffers keep the input's dtype (official: ``.float()``, i.e. float32 in its 
 exact; ``mpc``/``mpg`` accept fixed ``mask_index`` ids (official: always drawn inside with Python ``random``);
 the fine-tuning path builds its inner pretraining model in the checkpoint's dtype (official: float32 for a float32
 file); ``p_input_fdim``/``p_input_tdim`` are integer buffers (official: ``nn.Parameter(requires_grad=False)``, same
-state-dict entries). The Audio-MAE counterparts live in :mod:`pretrain.reference_mae`.
+state-dict entries). The Audio-MAE counterparts live in :mod:`pretrain.tools.reference_mae`
+(which imports this module; this one imports nothing back).
 """
 from __future__ import annotations
 
@@ -327,17 +328,5 @@ def official_joint_loss(model: OfficialAST, x: Tensor, mask_patch: int = 400, cl
     return nce + 10 * mse, nce, mse, acc
 
 
-_MAE_NAMES = ("OfficialAudioMAE", "OfficialAudioMAEViT", "get_2d_sincos_pos_embed_flexible")
-
-
-def __getattr__(name: str):
-    """``from pretrain.reference import OfficialAudioMAE`` works too (lazily, so the two modules never cycle)."""
-    if name in _MAE_NAMES:
-        from pretrain import reference_mae
-
-        return getattr(reference_mae, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = ["OfficialAST", "official_joint_loss", "gen_maskid_patch", "gen_maskid_frame", "Block", "Attention",
-           "PatchEmbed", "DropPath", "AST_SIZES", *_MAE_NAMES]
+           "PatchEmbed", "DropPath", "AST_SIZES"]
