@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import io
+import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,43 @@ def read(path: str | Path | io.BytesIO) -> tuple[np.ndarray, int]:
     except Exception as e:  # libsndfile raises LibsndfileError / RuntimeError / TypeError depending on the damage
         raise UnusableAudio(f"unreadable: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''}")
     return x, int(sr)
+
+
+def wav_shortfall(path: str | Path) -> tuple[int, int] | None:
+    """``(frames the header declares, frames present)`` of a RIFF/WAVE file whose data chunk is cut short, else None
+    (whole, not a WAV, or a streamed WAV whose header left the size open).
+
+    libsndfile quietly shrinks such a file's frame count to what is there, so a download cut mid-file would pass as a
+    short clip; the declared size in the ``data`` chunk header is the only witness.
+    """
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        size, pos, block_align = os.fstat(f.fileno()).st_size, 12, 0
+        while pos + 8 <= size:
+            f.seek(pos)
+            chunk, length = struct.unpack("<4sI", f.read(8))
+            if chunk == b"fmt ":
+                fmt = f.read(min(length, 16))
+                block_align = struct.unpack("<H", fmt[12:14])[0] if len(fmt) >= 14 else 0
+            elif chunk == b"data":
+                present = size - (pos + 8)
+                if not block_align or length in (0, 0xFFFFFFFF) or present >= length:
+                    return None
+                return length // block_align, present // block_align
+            pos += 8 + length + (length & 1)  # chunks are padded to an even size
+    return None
+
+
+def check_whole(path: str | Path) -> None:
+    """Raise :class:`UnusableAudio` for a file shorter than its header says (a damaged file, not a short clip)."""
+    try:
+        shortfall = wav_shortfall(path)
+    except OSError:
+        return  # unreadable: read() says so in its own words
+    if shortfall:
+        raise UnusableAudio(f"truncated: header says {shortfall[0]} frames, file has {shortfall[1]}")
 
 
 def to_mono(x: np.ndarray) -> np.ndarray:
@@ -46,6 +85,7 @@ def check(x: np.ndarray) -> None:
 
 def load_mono(path: str | Path, rate: int) -> tuple[np.ndarray, int]:
     """Decode, check, mix to mono and resample once to ``rate``. Returns ``(samples [n] float32, original_rate)``."""
+    check_whole(path)
     x, orig = read(path)
     check(x)
     x = resample(to_mono(x), orig, rate)

@@ -14,6 +14,17 @@ from launch.common.errors import BadInput
 from shards.sources import SOURCES, get_source
 
 
+SAMPLE_RATES = (8000, 192000)
+"""Accepted ``--sample-rate`` range in Hz: telephone speech to high-resolution recorders (FLAC itself stops at 655350)."""
+
+
+def check_sample_rate(rate: int) -> int:
+    low, high = SAMPLE_RATES
+    if not low <= rate <= high:
+        raise BadInput(f"--sample-rate {rate}: expected a rate in Hz between {low} and {high} (e.g. 16000 or 32000)")
+    return rate
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -54,6 +65,7 @@ def run(args: argparse.Namespace) -> dict:
     from shards.writer import BuildOptions, build
 
     console = Console(stderr=True)
+    check_sample_rate(args.sample_rate)
     if args.root is not None and not args.root.exists():
         raise BadInput(f"--root {args.root}: no such directory")
     module = get_source(args.source)

@@ -9,6 +9,7 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from shards.manifest import read_manifest
 from shards.writer import MANIFEST, BuildOptions, build
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ def ensure_synthetic(cfg: SyntheticDataConfig, sample_rate: int, workers: int = 
 
     out = synthetic_dir(cfg, sample_rate)
     if (out / MANIFEST).exists():
+        read_manifest(out / MANIFEST)  # a damaged manifest stops here in one line, not in a DataLoader worker
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.parent / f".{out.name}.lock", "w") as lock:

@@ -21,7 +21,9 @@ Two readers, both built from WebDataset stages:
   have ``valid == False``.
 
 A sample whose audio cannot be decoded is skipped with a warning and counted (``Batch.corrupt``); a truncated tar ends
-that shard early. Neither stops training.
+that shard early. Neither stops training, but a shard set none of whose drawn shards gives a sample (every tar
+deleted, empty or damaged) stops it with one line instead of waiting forever. In evaluation a damaged sample or the
+clips lost to a truncated tar stay as invalid rows at their own index (``Batch.index``), so the pass stays exact.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -42,7 +44,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from launch.common.errors import BadInput
 from launch.common.seeds import derive_seed
 from shards.audio import decode_flac
-from shards.writer import MANIFEST
+from shards.manifest import MANIFEST, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +101,22 @@ class Batch:
     meta: list[dict[str, Any]]
     corrupt: int = 0
     """Samples skipped so far by the worker that made this batch (cumulative)."""
+    index: torch.Tensor | None = None
+    """[B] int64: each row's global clip index in its split (manifest order; evaluation), -1 for padding rows and
+    in training. ``None`` when constructing means all -1."""
+
+    def __post_init__(self) -> None:
+        if self.index is None:
+            self.index = torch.full((len(self.keys),), -1, dtype=torch.long)
 
     def pin_memory(self) -> "Batch":
         return Batch(self.wave.pin_memory(), self.label.pin_memory(), self.valid.pin_memory(), self.keys, self.meta,
-                     self.corrupt)
+                     self.corrupt, self.index.pin_memory())
 
     def to(self, device, non_blocking: bool = True) -> "Batch":
         return Batch(self.wave.to(device, non_blocking=non_blocking), self.label.to(device, non_blocking=non_blocking),
-                     self.valid.to(device, non_blocking=non_blocking), self.keys, self.meta, self.corrupt)
+                     self.valid.to(device, non_blocking=non_blocking), self.keys, self.meta, self.corrupt,
+                     self.index.to(device, non_blocking=non_blocking))
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -137,10 +147,8 @@ def open_shard_set(cfg: ShardSetConfig) -> ShardSet:
     """Read a shard folder's manifest; raises :class:`BadInput` naming the folder/split when unusable."""
     folder = Path(cfg.path)
     manifest_path = folder / MANIFEST
-    if not manifest_path.exists():
-        raise BadInput(f"{manifest_path}: no manifest (is {folder} a complete shards/build.py output?)")
-    manifest = json.loads(manifest_path.read_text())
-    splits = manifest.get("splits", {})
+    manifest = read_manifest(manifest_path)
+    splits = manifest["splits"]
     if cfg.split not in splits:
         raise BadInput(f"{manifest_path}: no split {cfg.split!r}; it has {', '.join(splits) or 'none'}")
     entry = splits[cfg.split]
@@ -176,10 +184,59 @@ class _Counter:
         return True  # tells WebDataset's handler protocol to continue
 
 
-def _resampled_urls(urls: Sequence[str], rng: random.Random) -> Iterator[dict[str, str]]:
-    """Shards drawn with replacement, forever (the ``resampled=True`` stage with our own RNG)."""
+def failure_limit(num_shards: int) -> int:
+    """Shards in a row without a sample after which a training set counts as unreadable. Large enough that a set
+    with a fraction ``f`` of bad shards trips it only with probability ``f ** limit`` per run of bad draws, small
+    enough to stop within seconds (a missing or empty tar fails in microseconds)."""
+    return max(50, 4 * num_shards)
+
+
+def _resampled_samples(s: ShardSet, rng: random.Random, counter: _Counter) -> Iterator[dict]:
+    """The samples of shards drawn with replacement, forever (the ``resampled=True`` stage with our own RNG).
+
+    A tar that cannot be opened or read ends early with one warning. When :func:`failure_limit` draws in a row give
+    no sample, the set is taken as unreadable (missing or emptied tars): that is bad input, where the stream would
+    otherwise wait forever for a sample.
+    """
+    limit, failures = failure_limit(len(s.urls)), 0
     while True:
-        yield {"url": urls[rng.randrange(len(urls))]}
+        url = s.urls[rng.randrange(len(s.urls))]
+        got = False
+        for sample in wds.tarfile_to_samples(handler=lambda e, url=url: counter.skip(url, e))([{"url": url}]):
+            got = True
+            yield sample
+        failures = 0 if got else failures + 1
+        if failures >= limit:
+            raise BadInput(f"{s.name} (shards in {Path(s.urls[0]).parent}): the last {failures} shards drawn gave no "
+                           f"sample (missing, empty or damaged tars; see the warnings); expected the readable tars "
+                           f"its {MANIFEST} lists ({len(s.urls)} shards, {s.num_clips} clips)")
+
+
+@dataclass
+class _WorkerFailure:
+    """Bad input met in a DataLoader worker, sent to the main process as an item (torch would re-raise the exception
+    there wrapped in a multi-line "Caught BadInput in DataLoader worker process 0 ... Original Traceback")."""
+
+    message: str
+
+
+def _send_failures(batches: Iterator[Batch]) -> Iterator[Batch | _WorkerFailure]:
+    try:
+        yield from batches
+    except BadInput as e:
+        yield _WorkerFailure(str(e))
+
+
+def _raise_failures(batches: Iterator[Batch | _WorkerFailure]) -> Iterator[Batch]:
+    while True:
+        batch = next(batches)  # the training stream is endless
+        if isinstance(batch, _WorkerFailure):
+            # drop the DataLoader iterator now, so its workers are told to stop at once: kept alive by the traceback,
+            # it would only be shut down by the cycle collector, whose queue finalizers run first (workers then wait
+            # out torch's 5 s join timeout each)
+            del batches
+            raise BadInput(batch.message)
+        yield batch
 
 
 def _shuffle(samples: Iterator[dict], bufsize: int, rng: random.Random) -> Iterator[dict]:
@@ -222,7 +279,8 @@ def _labels(meta: dict, s: ShardSet, classes: list[str]) -> Any:
     return -1 if index is None else int(index)
 
 
-def _collate(rows: list[tuple], num_classes: int, multi_label: bool, corrupt: int, valid: list[bool] | None = None):
+def _collate(rows: list[tuple], num_classes: int, multi_label: bool, corrupt: int, valid: list[bool] | None = None,
+             index: list[int] | None = None) -> Batch:
     wave = torch.from_numpy(np.stack([r[0] for r in rows]))
     if multi_label:
         label = torch.zeros(len(rows), num_classes)
@@ -232,7 +290,8 @@ def _collate(rows: list[tuple], num_classes: int, multi_label: bool, corrupt: in
     else:
         label = torch.tensor([-1 if r[1] is None else r[1] for r in rows], dtype=torch.long)
     valid_t = torch.ones(len(rows), dtype=torch.bool) if valid is None else torch.tensor(valid)
-    return Batch(wave, label, valid_t, [r[2] for r in rows], [r[3] for r in rows], corrupt)
+    index_t = None if index is None else torch.tensor(index, dtype=torch.long)
+    return Batch(wave, label, valid_t, [r[2] for r in rows], [r[3] for r in rows], corrupt, index_t)
 
 
 def _decode(sample: dict, counter: _Counter) -> tuple[np.ndarray, dict] | None:
@@ -273,8 +332,8 @@ class TrainStream(IterableDataset):
         for k, s in enumerate(self.sets):
             set_rng = random.Random(derive_seed(self.cfg.seed, self.rank, slot, segment, k + 1))
             pipeline = wds.DataPipeline(
-                functools.partial(_resampled_urls, s.urls, set_rng),  # shards with replacement: no rank ever runs dry
-                wds.tarfile_to_samples(handler=lambda e: counter.skip("shard", e)),  # tar -> samples; bad tar ends
+                # shards drawn with replacement (no rank runs dry) -> samples; a bad tar ends, an unreadable set stops
+                functools.partial(_resampled_samples, s, set_rng, counter),
                 lambda it, r=set_rng: _shuffle(it, self.cfg.shuffle_buffer, r),  # sample-level shuffle buffer
                 lambda it, s=s: ((x, s) for x in it),  # remember which set a sample came from
             )
@@ -312,7 +371,8 @@ class TrainStream(IterableDataset):
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         slot = (self.start_step + worker) % workers
-        return self._slot_batches(slot, (self.start_step + worker) // workers)
+        batches = self._slot_batches(slot, (self.start_step + worker) // workers)
+        return batches if info is None else _send_failures(batches)
 
 
 def train_loader(sets: list[ShardSetConfig] | list[ShardSet], cfg: StreamConfig, *, rank: int = 0,
@@ -324,7 +384,7 @@ def train_loader(sets: list[ShardSetConfig] | list[ShardSet], cfg: StreamConfig,
         return iter(dataset)
     loader = DataLoader(dataset, batch_size=None, num_workers=cfg.num_workers, pin_memory=pin_memory,
                         persistent_workers=False, prefetch_factor=4)
-    return iter(loader)
+    return _raise_failures(iter(loader))  # a worker's BadInput arrives as an item and is raised here, in one line
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -350,22 +410,38 @@ class _EvalSamples(IterableDataset):
         counter = _Counter()
         first = 0  # global index of the first clip of the current shard
         for url, count in zip(self.s.urls, self.s.counts):
-            if first + count <= lo or first >= hi:
-                first += count
-                continue
-            index = first
-            for sample in wds.tarfile_to_samples(handler=lambda e: counter.skip(url, e))([{"url": url}]):
-                if lo <= index < hi:
-                    decoded = _decode(sample, counter)
-                    if decoded is None:
-                        # keep the row (as invalid) so that counts stay exact and the clip is reported
-                        yield (np.zeros(self.clip_samples, np.float32), None, sample.get("__key__"), {}, False, index)
-                    else:
-                        x, meta = decoded
-                        yield (_fit(x, self.clip_samples, 0), _labels(meta, self.s, self.s.classes),
-                               sample["__key__"], meta, True, index)
-                index += 1
+            if lo < hi and first < hi and first + count > lo:  # this shard holds clips of this worker's range
+                yield from self._shard_rows(url, first, count, lo, hi, counter)
             first += count
+
+    def _invalid(self, key: str, index: int) -> tuple:
+        return np.zeros(self.clip_samples, np.float32), None, key, {}, False, index
+
+    def _shard_rows(self, url: str, first: int, count: int, lo: int, hi: int, counter: _Counter) -> Iterator[tuple]:
+        """Rows ``(wave, label, key, meta, valid, index)`` of the clips of one shard whose index is in ``[lo, hi)``.
+
+        A sample that cannot be decoded stays as an invalid row (counts stay exact and the clip is reported); the clips
+        a truncated tar lost become invalid rows at their own index, so no later row moves.
+        """
+        index = first
+        for sample in wds.tarfile_to_samples(handler=lambda e: counter.skip(url, e))([{"url": url}]):
+            if index >= min(hi, first + count):
+                break  # past this worker's range (or a tar holding more than its manifest count)
+            if index >= lo:
+                decoded = _decode(sample, counter)
+                if decoded is None:
+                    yield self._invalid(sample.get("__key__") or "", index)
+                else:
+                    x, meta = decoded
+                    yield (_fit(x, self.clip_samples, 0), _labels(meta, self.s, self.s.classes), sample["__key__"],
+                           meta, True, index)
+            index += 1
+        lost = range(max(index, lo), min(first + count, hi))
+        if lost:
+            log.error("%s: %s ended after %d of its %d clips (truncated or damaged); clips %d..%d of the split are "
+                      "invalid rows", self.s.name, url, index - first, count, lost.start, lost.stop - 1)
+            for i in lost:
+                yield self._invalid("", i)
 
 
 def eval_batches(s: ShardSet | ShardSetConfig, cfg: StreamConfig, *, rank: int = 0, world: int = 1,
@@ -390,9 +466,10 @@ def eval_batches(s: ShardSet | ShardSetConfig, cfg: StreamConfig, *, rank: int =
             row = next(samples, None)
             rows.append(pad if row is None else row)
         produced += sum(1 for r in rows if r[5] >= 0)
-        yield _collate([r[:4] for r in rows], num_classes, s.multi_label, 0, [bool(r[4]) for r in rows])
-    if produced != stop - start:  # a truncated shard: the pass is no longer exact, say so loudly
-        log.error("%s: rank %d read %d clips, expected %d (a shard is damaged)", s.name, rank, produced, stop - start)
+        yield _collate([r[:4] for r in rows], num_classes, s.multi_label, 0, [bool(r[4]) for r in rows],
+                       [int(r[5]) for r in rows])
+    if produced != stop - start:  # rows are made even for lost clips: this would be a bug, say so loudly
+        log.error("%s: rank %d made %d rows, expected %d", s.name, rank, produced, stop - start)
 
 
 __all__ = [

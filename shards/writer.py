@@ -9,18 +9,23 @@ record is missing:
 2. its record (keys written, skipped inputs, label counts, seconds) is written to ``.partial/`` and fsynced,
 3. the tar is renamed to its final name, then the record to ``.build/``.
 
-A shard counts as done exactly when its record exists in ``.build/`` (a final tar without a record is rebuilt, with
-the same bytes). ``manifest.json`` is written last, atomically, so a manifest means a complete build.
+A shard counts as done when its record exists in ``.build/`` and the tar it names still has the recorded size and
+sha1 (a final tar without a record, or one deleted, truncated or replaced since, is rebuilt with the same bytes).
+``manifest.json`` is written last, atomically, so a manifest means a complete build; it holds no timestamp, so the
+same input gives the same manifest bytes too. An output folder that cannot be written (a file, read-only, a full
+disk) stops the build with one line; a rerun after the fix resumes.
+
+Worker processes die with the build process (:mod:`shards.pool`), so a ``kill -9`` leaves no orphan behind.
 """
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import multiprocessing as mp
 import os
 import threading
-import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +35,10 @@ from launch.common.errors import BadInput
 from launch.common.files import atomic_write
 from shards import audio
 from shards.clip import Clip, Corpus
+from shards.manifest import MANIFEST, read_manifest
+from shards.pool import die_with_parent
 
-MANIFEST = "manifest.json"
+__all__ = ["MANIFEST", "FORMAT", "BuildOptions", "build", "shard_name", "tar_writer", "write_shard"]
 FORMAT = "tessera-shards/1"
 # A fixed member mtime makes tars byte-identical across rebuilds (TarWriter would stamp time.time() otherwise).
 TAR_MTIME = 1_600_000_000
@@ -133,12 +140,21 @@ def _fsync_write(path: Path, data: bytes) -> None:
 _progress_counter = None  # a shared mp.Value in worker processes (set by the pool initializer)
 
 
-def _init_worker(counter) -> None:
+def _init_worker(counter, parent: int | None = None) -> None:
+    """Set up a process that writes shards: the shared progress counter, one torch thread, and (pool workers, given
+    the build's pid) an end together with the build."""
     global _progress_counter
+    if parent is not None:
+        die_with_parent(parent)
     _progress_counter = counter
     import torch
 
     torch.set_num_threads(1)  # one process per core; resampling must not oversubscribe
+
+
+def file_sha1(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha1").hexdigest()
 
 
 def write_shard(task: ShardTask) -> dict[str, Any]:
@@ -180,6 +196,8 @@ def write_shard(task: ShardTask) -> dict[str, Any]:
         "labels": dict(sorted(labels.items())),
         "skipped": skipped,
     }
+    if written:  # what a rerun checks the tar against (records from before this field only check existence)
+        record.update(bytes=tar_tmp.stat().st_size, sha1=file_sha1(tar_tmp))
     _fsync_write(rec_tmp, json.dumps(record, sort_keys=True).encode())
     if written:
         os.replace(tar_tmp, out / name)
@@ -207,12 +225,129 @@ def _check_signature(out: Path, signature: dict[str, Any]) -> None:
     """Refuse to mix shards built with other arguments into ``out`` (nothing already written is touched)."""
     path = out / ".build" / "args.json"
     if path.exists():
-        old = json.loads(path.read_text())
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as e:  # UnicodeDecodeError and JSONDecodeError
+            old = f"{type(e).__name__}: {e}"
+        if not isinstance(old, dict):
+            raise BadInput(f"{path}: not a JSON object ({old!r:.80}); expected the arguments of the build that wrote "
+                           f"{out} (use another --out)")
         if old != signature:
-            diff = ", ".join(f"{k}: {old.get(k)!r} -> {signature.get(k)!r}" for k in signature if old.get(k) != signature.get(k))
+            diff = ", ".join(f"{k}: {old.get(k)!r} -> {signature.get(k)!r}" for k in signature
+                             if old.get(k) != signature.get(k))
             raise BadInput(f"{out}: already holds shards built with other arguments ({diff}); use another --out")
     else:
         atomic_write(path, json.dumps(signature, sort_keys=True, indent=1))
+
+
+def _prepare_out(out: Path) -> None:
+    """Make ``out`` with its ``.build/`` and ``.partial/`` folders, or say in one line why it cannot be."""
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"{out}: is a file; expected a folder for the shards (new, or one an earlier build wrote)")
+    blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise BadInput(f"{out}: {blocker} is a file, not a folder; expected a path whose parents are folders")
+    for folder in (out, out / ".build", out / ".partial"):
+        folder.mkdir(parents=True, exist_ok=True)
+
+
+def _output_error(out: Path, e: OSError) -> BadInput:
+    """One line for an OSError met while building into ``out``: a full disk, a folder that cannot be written, or an
+    input that cannot be read (named by the file it is about)."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return BadInput(f"{out}: the disk is full ({e.strerror}) while writing {e.filename or 'a shard'}; free space "
+                        "and run the same command again: it resumes where it stopped")
+    target = Path(e.filename) if e.filename else out
+    if target == out or out in target.parents or not e.filename:
+        return BadInput(f"{out}: cannot write {target} ({e.strerror}); expected a folder this user can write to")
+    return BadInput(f"{target}: {e.strerror}")
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    """A shard's record, or None when it cannot be read (then the shard is rebuilt, as if it had none)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    fields = {"file", "index", "expected_keys", "count", "seconds", "labels", "skipped"}
+    return record if isinstance(record, dict) and fields <= set(record) else None
+
+
+def shard_damage(out: Path, record: dict[str, Any]) -> str | None:
+    """Why the tar a record calls done can no longer be trusted (None: it is intact). Records written before sizes and
+    checksums were recorded only have the tar's existence checked."""
+    if not record["file"]:
+        return None  # every clip of the shard was skipped: there is no tar
+    path = out / record["file"]
+    if not path.is_file():
+        return "missing"
+    if "bytes" in record and path.stat().st_size != record["bytes"]:
+        return f"{path.stat().st_size} bytes, built with {record['bytes']}"
+    if "sha1" in record and file_sha1(path) != record["sha1"]:
+        return "content changed since it was built (sha1)"
+    return None
+
+
+@dataclass
+class _Plan:
+    tasks: list[ShardTask]
+    done: dict[tuple[str, int], dict[str, Any]]
+    clip_counts: dict[str, int]
+    damaged: list[str]
+
+
+def _plan(corpus: Corpus, out: Path, splits: Sequence[str], options: BuildOptions, root: Path | None) -> _Plan:
+    """Which shards are done and intact, and the tasks that build the rest."""
+    plan = _Plan([], {}, {}, [])
+    for split in splits:
+        clips = list(corpus.splits[split]())
+        _check_keys(split, clips)
+        plan.clip_counts[split] = len(clips)
+        for i in range(0, len(clips), options.shard_size):
+            chunk = tuple(clips[i : i + options.shard_size])
+            index = i // options.shard_size
+            rec_path = out / ".build" / (shard_name(split, index) + ".json")
+            record = _read_record(rec_path) if rec_path.exists() else None
+            if record is not None:
+                expected = hashlib.sha1("\n".join(c.key for c in chunk).encode()).hexdigest()
+                if record["expected_keys"] != expected:
+                    raise BadInput(f"{rec_path}: the clips of this shard changed since it was built; use another --out")
+                damage = shard_damage(out, record)
+                if damage is None:
+                    plan.done[(split, index)] = record
+                    continue
+                plan.damaged.append(f"{record['file']} ({damage})")
+            plan.tasks.append(ShardTask(corpus.name, tuple(corpus.classes), corpus.multi_label, split, index, chunk,
+                                        str(out), str(root) if root else None, options))
+    if not any(plan.clip_counts.values()):
+        listed = ", ".join(repr(s) for s in splits) or "no split"
+        raise BadInput(f"{corpus.name}: nothing to build: {listed} of this source list(s) no clips; expected at least "
+                       "one clip in the requested splits")
+    return plan
+
+
+def _write_shards(tasks: list[ShardTask], workers: int, counter, done: dict[tuple[str, int], dict[str, Any]]) -> None:
+    """Run ``tasks`` in this process or in a pool of ``workers`` processes that die with this one."""
+    if workers <= 1:
+        import torch
+
+        threads = torch.get_num_threads()
+        try:
+            _init_worker(counter)
+            for task in tasks:
+                done[(task.split, task.index)] = write_shard(task)
+        finally:
+            torch.set_num_threads(threads)
+        return
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_init_worker,
+                               initargs=(counter, os.getpid()))
+    try:
+        futures = {pool.submit(write_shard, t): t for t in tasks}
+        for fut in as_completed(futures):
+            t = futures[fut]
+            done[(t.split, t.index)] = fut.result()
+    finally:  # on an error, drop the shards not started: they would meet the same full disk or missing folder
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def build(
@@ -227,51 +362,41 @@ def build(
 ) -> dict[str, Any]:
     """Build (or resume) ``splits`` of ``corpus`` into ``out`` and write the manifest. Returns the manifest."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     console = console or Console(stderr=True)
     unknown = [s for s in splits if s not in corpus.splits]
     if unknown:
         raise BadInput(f"{corpus.name}: unknown split {unknown[0]!r}; this source has {', '.join(corpus.splits)}")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / ".build").mkdir(exist_ok=True)
-    (out / ".partial").mkdir(exist_ok=True)
-    signature = {"source": corpus.name, "root": str(root) if root else None, **options.signature(), "source_args": source_args}
-    _check_signature(out, signature)
+    try:
+        _prepare_out(out)
+        signature = {"source": corpus.name, "root": str(root) if root else None, **options.signature(),
+                     "source_args": source_args}
+        _check_signature(out, signature)
+        # an earlier build's manifest (its other splits are kept): checked before any work, never overwritten if broken
+        previous = read_manifest(out / MANIFEST) if (out / MANIFEST).exists() else {}
+        plan = _plan(corpus, out, splits, options, root)
+        if plan.damaged:
+            console.print(f"[yellow]rebuilding {len(plan.damaged)} shard(s) changed since they were built[/]: "
+                          + ", ".join(plan.damaged[:5]) + (" ..." if len(plan.damaged) > 5 else ""))
+        resumed = sum(r["count"] + len(r["skipped"]) for r in plan.done.values())
+        if resumed:
+            console.print(f"[bold]resuming[/]: {len(plan.done)} shards ({resumed} clips) already built in {out}")
+        _run_with_progress(corpus, out, plan, options.workers, console)
+        manifest = _merge_manifest(previous, corpus, splits, plan.done, options, signature, plan.clip_counts)
+        atomic_write(out / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False))
+    except OSError as e:
+        raise _output_error(out, e) from None
+    return manifest
 
-    tasks: list[ShardTask] = []
-    done: dict[tuple[str, int], dict[str, Any]] = {}
-    clip_counts: dict[str, int] = {}
-    for split in splits:
-        clips = list(corpus.splits[split]())
-        _check_keys(split, clips)
-        clip_counts[split] = len(clips)
-        for i in range(0, max(len(clips), 1), options.shard_size):
-            chunk = tuple(clips[i : i + options.shard_size])
-            if not chunk:
-                continue
-            index = i // options.shard_size
-            rec_path = out / ".build" / (shard_name(split, index) + ".json")
-            if rec_path.exists():
-                record = json.loads(rec_path.read_text())
-                expected = hashlib.sha1("\n".join(c.key for c in chunk).encode()).hexdigest()
-                if record["expected_keys"] != expected:
-                    raise BadInput(f"{rec_path}: the clips of this shard changed since it was built; use another --out")
-                done[(split, index)] = record
-                continue
-            tasks.append(ShardTask(corpus.name, tuple(corpus.classes), corpus.multi_label, split, index, chunk,
-                                   str(out), str(root) if root else None, options))
 
-    total = sum(len(t.clips) for t in tasks)
-    resumed = sum(r["count"] + len(r["skipped"]) for r in done.values())
-    if resumed:
-        console.print(f"[bold]resuming[/]: {len(done)} shards ({resumed} clips) already built in {out}")
-    ctx = mp.get_context("fork")
-    counter = ctx.Value("q", 0)
+def _run_with_progress(corpus: Corpus, out: Path, plan: _Plan, workers: int, console) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    counter = mp.get_context("fork").Value("q", 0)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("clips"),
                TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task(f"{corpus.name} -> {out.name}", total=total)
+        bar = progress.add_task(f"{corpus.name} -> {out.name}", total=sum(len(t.clips) for t in plan.tasks))
         stop = threading.Event()
 
         def poll() -> None:
@@ -281,31 +406,16 @@ def build(
         poller = threading.Thread(target=poll, daemon=True)
         poller.start()
         try:
-            if options.workers <= 1:
-                _init_worker(counter)
-                for task in tasks:
-                    done[(task.split, task.index)] = write_shard(task)
-            else:
-                with ProcessPoolExecutor(options.workers, mp_context=ctx, initializer=_init_worker,
-                                         initargs=(counter,)) as pool:
-                    futures = {pool.submit(write_shard, t): t for t in tasks}
-                    for fut in as_completed(futures):
-                        t = futures[fut]
-                        done[(t.split, t.index)] = fut.result()
+            _write_shards(plan.tasks, workers, counter, plan.done)
         finally:
             stop.set()
             poller.join()
             progress.update(bar, completed=counter.value)
 
-    manifest = _merge_manifest(out, corpus, splits, done, options, signature, clip_counts)
-    atomic_write(out / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False))
-    return manifest
 
-
-def _merge_manifest(out, corpus, splits, done, options, signature, clip_counts) -> dict[str, Any]:
-    """The manifest: the splits just built plus those of an earlier build into the same folder."""
-    path = out / MANIFEST
-    manifest = json.loads(path.read_text()) if path.exists() else {}
+def _merge_manifest(previous, corpus, splits, done, options, signature, clip_counts) -> dict[str, Any]:
+    """The manifest: the splits just built plus those of an earlier build into the same folder (``previous``)."""
+    manifest = dict(previous)
     manifest.update(
         format=FORMAT,
         source=corpus.name,
@@ -332,7 +442,6 @@ def _merge_manifest(out, corpus, splits, done, options, signature, clip_counts) 
             "classes": list(corpus.classes),
             "sample_rate": options.sample_rate,
             "skipped": [s for r in records for s in r["skipped"]],
-            "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
     return manifest
 

@@ -3,9 +3,28 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (``/proc/self/status``, kernel >= 4.7);
+    elsewhere set and restored under a lock (``os.umask`` can only be read by setting it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)  # the most restrictive value, should another thread create a file meanwhile
+        os.umask(mask)
+    return mask
 
 
 @contextmanager
@@ -15,8 +34,11 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
+        try:  # mkstemp creates 0600 whatever the umask; give the file the mode open() would give (0666 & ~umask)
+            os.fchmod(fd, 0o666 & ~current_umask())
+        finally:
+            os.close(fd)
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())

@@ -1,8 +1,9 @@
 """Shared helpers of the corpus readers: line-numbered CSV reading, one-line errors, file lookup by stem.
 
 Every reader reports bad input the same way, ``path:line: what was wrong; what was expected``, so the helpers here
-take care of the tedious parts: a UTF-8 BOM (Excel and the APSIPA CAS CSVs have one), the delimiter (TAU is TAB
-separated, most others comma), the header check and the field count of every row.
+take care of the tedious parts: a UTF-8 BOM (Excel and the APSIPA CAS CSVs have one), text that is not UTF-8 (a CSV
+saved as Latin-1 or Windows-1252), the delimiter (TAU is TAB separated, most others comma), the header check, the
+field count of every row and a CSV with no data rows.
 """
 from __future__ import annotations
 
@@ -22,6 +23,27 @@ _DELIMITER_NAMES = {",": "comma", "\t": "tab", ";": "semicolon"}
 def fail(path: str | Path, line: int | None, message: str) -> BadInput:
     """``BadInput("path:line: message")``, to raise; ``message`` says what was wrong and what was expected."""
     return BadInput(f"{at(path, line)}: {message}")
+
+
+def not_utf8(path: str | Path) -> BadInput:
+    """The error for a text file that does not decode as UTF-8, naming the line and byte of the first bad sequence
+    (found by reading the file again: this only runs once decoding has failed)."""
+    data = Path(path).read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        return fail(path, line, f"byte 0x{data[e.start]:02x} is not UTF-8; expected a UTF-8 text file (re-save it as "
+                                "UTF-8, e.g. iconv -f latin1 -t utf-8)")
+    return fail(path, None, "not UTF-8; expected a UTF-8 text file")
+
+
+def read_text(path: Path) -> str:
+    """The text of a UTF-8 file (a BOM dropped), or a one-line :class:`BadInput` when it is not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
 
 
 def require_file(path: Path, what: str) -> Path:
@@ -48,11 +70,26 @@ def read_csv(
     """Yield ``(line, row)`` for each data row of a CSV with a header line, values stripped of surrounding blanks.
 
     ``required`` header names must be present (others are kept too); blank lines are skipped; a row with another
-    field count than the header is an error naming its line. ``delimiter=None`` sniffs it from the header. ``what``
-    names the file and its columns in errors ("the TAU meta.csv (filename, scene_label, ...)").
+    field count than the header is an error naming its line, and so are bytes that are not UTF-8 and a file with no
+    data row (nothing would be built from it). ``delimiter=None`` sniffs it from the header. ``what`` names the file
+    and its columns in errors ("the TAU meta.csv (filename, scene_label, ...)").
     """
     what = what or f"a CSV file with a header naming {', '.join(required)}"
     require_file(path, what)
+    try:
+        rows = 0
+        for line, row in _read_rows(path, required, delimiter, what):
+            rows += 1
+            yield line, row
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
+    if not rows:
+        raise fail(path, None, f"a header but no data rows: nothing to build from it; expected {what} and one row "
+                               "per clip")
+
+
+def _read_rows(path: Path, required: Sequence[str], delimiter: str | None, what: str
+               ) -> Iterator[tuple[int, dict[str, str]]]:
     with open(path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig drops a BOM when there is one
         first = f.readline()
         if not first.strip():

@@ -47,7 +47,7 @@ from typing import Callable, Iterator
 
 from launch.common.errors import BadInput
 from shards.clip import Clip, Corpus, sanitize_key
-from shards.sources._csv import fail, read_csv, require_file, scan_audio
+from shards.sources._csv import fail, not_utf8, read_csv, read_text, require_file, scan_audio
 
 SEGMENT_CSVS = {"balanced": "balanced_train_segments.csv", "unbalanced": "unbalanced_train_segments.csv",
                 "eval": "eval_segments.csv"}
@@ -118,6 +118,14 @@ def read_segments(path: Path, mids: dict[str, str]) -> Iterator[tuple[int, str, 
     """Yield ``(line, ytid, start_text, start, end, [mid...])`` of a segment CSV, checking every field."""
     require_file(path, "an AudioSet segment CSV (3 '#' lines, then YTID, start, end, \"labels\")")
     expected = 'expected YTID, start_seconds, end_seconds, "mid1,mid2"'
+    try:
+        yield from _segment_rows(path, mids, expected)
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
+
+
+def _segment_rows(path: Path, mids: dict[str, str], expected: str
+                  ) -> Iterator[tuple[int, str, str, float, float, list[str]]]:
     with open(path, newline="", encoding="utf-8-sig") as f:
         # blank the '#' lines instead of dropping them, so csv's line_num stays the file's line number
         reader = csv.reader(("\n" if line.startswith("#") else line for line in f), skipinitialspace=True)
@@ -183,7 +191,7 @@ def _datafile_lister(path: Path, mids: dict[str, str], base: Path) -> Callable[[
     require_file(path, 'an AST-style datafile {"data": [{"wav": ..., "labels": "mid1,mid2"}]}')
     expected = 'expected {"data": [{"wav": path, "labels": "mid1,mid2"}, ...]}'
     try:
-        entries = json.loads(path.read_text(encoding="utf-8-sig"))["data"]
+        entries = json.loads(read_text(path))["data"]
     except (ValueError, KeyError, TypeError) as e:
         raise fail(path, None, f"not a datafile ({type(e).__name__}: {e}); {expected}") from None
     if not isinstance(entries, list):

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Iterator
 
 from shards.clip import Clip, Corpus, sanitize_key
-from shards.sources._csv import fail
+from shards.sources._csv import fail, read_text
 
 SUBSETS = ("dev-clean", "dev-other", "test-clean", "test-other", "train-clean-100", "train-clean-360",
            "train-other-500")
@@ -55,7 +55,7 @@ def read_speakers(path: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     sexes = {}
-    for line_no, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+    for line_no, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip() or line.lstrip().startswith(";"):
             continue
         fields = [f.strip() for f in line.split("|", 4)]  # names may contain '|': at most 5 fields
@@ -70,7 +70,7 @@ def read_transcripts(path: Path) -> dict[str, tuple[str, int]]:
     """``<spk>-<chap>.trans.txt`` -> ``{uttid: (text, line)}``."""
     out: dict[str, tuple[str, int]] = {}
     prefix = path.name[: -len(".trans.txt")] + "-"
-    for line_no, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+    for line_no, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         uttid, _, text = line.strip().partition(" ")

@@ -29,7 +29,9 @@ from shards.features import (
 )
 from shards.norm_stats import main as norm_stats_main
 
-TOL = 1e-3  # max abs difference allowed on the log-mel values
+TOL = 1e-6  # max abs difference allowed on the log-mel values on CPU (what the README states); measured: 9.54e-7,
+# one float32 ulp of a log-mel value in [8, 16), so values of 16 and more (int16-scaled input) would need 2e-6
+GPU_TOL = 1e-3  # cuFFT against pocketfft (see test_fbank_on_gpu_matches_cpu)
 LOG_EPS = math.log(torch.finfo(torch.float32).eps)  # kaldi's floor: log(float eps) = -15.94
 
 
@@ -139,7 +141,7 @@ def test_fbank_on_gpu_matches_cpu():
                       _structured(160000)["tones"]])
     d = (fbank(wave.cuda()).cpu() - fbank(wave)).abs()
     assert float(d.max()) < 1e-2
-    assert float((d > TOL).float().mean()) < 1e-2
+    assert float((d > GPU_TOL).float().mean()) < 1e-2
 
 
 # ----------------------------------------------------------------------------------------------------------------------
