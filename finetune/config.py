@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from finetune.heads import HeadConfig
-from pretrain.config import CheckpointConfig, DeepSpeedConfig, LogConfig, OptimConfig, config_hash, merge_config
+from launch.runtime.config import (
+    CheckpointConfig,
+    DeepSpeedConfig,
+    LogConfig,
+    OptimConfig,
+    check,
+    config_hash,
+    merge_config,
+)
 from pretrain.encoder import EncoderConfig
 from shards.default import SyntheticDataConfig
 from shards.features import FeatureConfig
@@ -52,11 +60,10 @@ class AugmentConfig:
     """Fraction of the token grid's frequency bands dropped while training (Audio-MAE ``mask_f_prob``: 0.2)."""
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.mixup <= 1.0:
-            raise ValueError(f"augment.mixup={self.mixup}: expected a probability in [0, 1]")
+        check("augment.mixup", self.mixup, 0.0 <= self.mixup <= 1.0, "a probability in [0, 1]")
+        check("augment.mixup_alpha", self.mixup_alpha, self.mixup_alpha >= 0, ">= 0 (0: lambda = 1)")
         for name in ("token_mask_time", "token_mask_freq"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"augment.{name}={getattr(self, name)}: expected a fraction in [0, 1)")
+            check(f"augment.{name}", getattr(self, name), 0.0 <= getattr(self, name) < 1.0, "a fraction in [0, 1)")
 
 
 @dataclass
@@ -77,8 +84,8 @@ class FinetuneOptimConfig(OptimConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0 < self.layer_decay <= 1:
-            raise ValueError(f"optim.layer_decay={self.layer_decay}: expected 0 < decay <= 1")
+        check("optim.layer_decay", self.layer_decay, 0 < self.layer_decay <= 1, "0 < decay <= 1")
+        check("optim.head_lr_scale", self.head_lr_scale, self.head_lr_scale > 0, "> 0")
 
 
 @dataclass
@@ -90,6 +97,12 @@ class EncoderOverrides:
     stride_time: Optional[int] = 10
     drop_path: float = 0.0
     """Stochastic depth while fine-tuning (Audio-MAE: 0.1)."""
+
+    def __post_init__(self) -> None:
+        for name in ("stride_freq", "stride_time"):
+            value = getattr(self, name)
+            check(f"encoder.{name}", value, value is None or value >= 1, ">= 1, or null (the pretraining stride)")
+        check("encoder.drop_path", self.drop_path, 0 <= self.drop_path < 1, "0 <= drop_path < 1")
 
 
 @dataclass
@@ -124,6 +137,12 @@ class FinetuneConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        check("steps", self.steps, self.steps >= 1, "at least 1 optimizer step")
+        check("eval_every", self.eval_every, self.eval_every >= 1, ">= 1 (validate every this many steps)")
+        check("early_stop", self.early_stop, self.early_stop >= 0, ">= 0 (0: never)")
+        check("num_classes", self.num_classes, self.num_classes is None or self.num_classes >= 2, ">= 2, or null")
 
 
 def load_finetune_config(argv: Sequence[str] = ()) -> FinetuneConfig:

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from launch.common.files import atomic_write
+from launch.common.files import atomic_write, replacing
 
 GROUP_KEYS = ("device", "city", "domain")
 
@@ -320,11 +320,33 @@ def plot_confusion_matrix(cm: Any, classes: Sequence[str], path: str | os.PathLi
                 # White text on dark cells keeps every number readable.
                 ax.text(j, i, f"{pct[i, j]:.1f}", ha="center", va="center", fontsize=8,
                         color="white" if pct[i, j] > 55.0 else "black")
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 150) -> Path:
+    """Write a matplotlib figure as a PNG atomically (a half-written picture never appears under its name)."""
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150)
-    return path
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    return Path(path)
+
+
+def plot_layer_weights(weights: Sequence[float], path: str | os.PathLike) -> Path:
+    """A bar chart of the learned layer weights ``W = softmax(w)`` of a layer-wise head, with the uniform 1/L line."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n = len(weights)
+    fig = Figure(figsize=(max(4.0, 0.4 * n + 2.0), 3.0))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.bar(range(1, n + 1), weights, color="tab:blue")
+    ax.axhline(1.0 / n, color="grey", linestyle="--", linewidth=1, label=f"uniform 1/{n}")
+    ax.set_xlabel("block")
+    ax.set_ylabel("weight")
+    ax.set_xticks(range(1, n + 1))
+    ax.legend(loc="upper left", fontsize=8)
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

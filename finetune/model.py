@@ -10,8 +10,10 @@ from torch import Tensor, nn
 
 from finetune.heads import HeadConfig, build_head, set_requires_grad
 from launch.common.errors import BadInput
+from launch.runtime import checkpoints
+from launch.runtime.engine import decays
 from pretrain.encoder import Encoder, EncoderConfig
-from pretrain.engine import decays
+from pretrain.pretrained import load_encoder
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +59,6 @@ def latest_pretrain_run(root: Path = Path("runs/pretrain")) -> Path:
 def build_classifier(ckpt: str, overrides: dict[str, Any], scratch: EncoderConfig, head_cfg: HeadConfig,
                      num_classes: int, frozen: bool) -> tuple[Classifier, dict[str, Any]]:
     """The encoder from ``ckpt`` (adapted to the fine-tune input) plus a fresh head; returns it and load info."""
-    from pretrain.checkpoints import load_encoder
-
     if ckpt == "none":
         enc_cfg = EncoderConfig(**{**scratch.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
         encoder, info = Encoder(enc_cfg), {"source": "scratch", "format": "none"}
@@ -97,12 +97,13 @@ def finetune_groups(model: Classifier, lr_scale_head: float, layer_decay: float,
 
 
 def load_classifier(path: Path) -> tuple[Classifier, dict[str, Any]]:
-    """A ``best.pt`` written by fine-tuning (format tessera-classifier/1) -> the classifier and its payload."""
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(payload, dict) or payload.get("format") != "tessera-classifier/1":
-        raise BadInput(f"{path}: not a fine-tuned classifier (expected format tessera-classifier/1)")
-    encoder = Encoder(EncoderConfig(**payload["encoder"]))
-    head = build_head(HeadConfig(**payload["head"]), encoder.embed_dim, encoder.depth, len(payload["classes"]))
-    model = Classifier(encoder, head)
-    model.load_state_dict(payload["state_dict"])
+    """A ``best.pt`` written by fine-tuning -> the classifier and its payload; one line when it cannot be used."""
+    payload = checkpoints.read_classifier(path)
+    try:
+        encoder = Encoder(EncoderConfig(**payload["encoder"]))
+        head = build_head(HeadConfig(**payload["head"]), encoder.embed_dim, encoder.depth, len(payload["classes"]))
+        model = Classifier(encoder, head)
+        model.load_state_dict(payload["state_dict"])
+    except (TypeError, ValueError, RuntimeError) as e:  # configs or weights that do not fit each other
+        raise BadInput(f"{path}: not a usable classifier ({type(e).__name__}: {str(e).splitlines()[0]})") from None
     return model, payload

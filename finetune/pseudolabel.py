@@ -6,8 +6,13 @@ from pathlib import Path
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
-from launch.entries import PSEUDOLABEL  # noqa: E402
-from launch.submit import main  # noqa: E402
+from finetune.teacher_student import ENTRY  # noqa: E402  (the task this command runs)
+from launch.submit import main as submit_main  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    return submit_main(ENTRY, argv)
+
 
 if __name__ == "__main__":
-    sys.exit(main(PSEUDOLABEL))
+    sys.exit(main())

@@ -1,41 +1,37 @@
-"""``run(cfg)``: fine-tune a pretrained encoder with a (layer-wise) head, on every rank.
+"""Fine-tuning as a task of the one loop (``python finetune/layerwise.py``; ``python -m finetune.train`` for one
+process or under torchrun).
 
-Training batches come from the seeded, resumable stream; every ``eval_every`` steps an exact validation pass (every
-clip once across ranks, predictions gathered) picks the best checkpoint (``best.pt``, plain PyTorch). At the end the
-best weights are evaluated once on the test split: metrics.json, predictions.csv, confusion_matrix.png, and the learned
-layer weights.
+What fine-tuning says to :func:`launch.runtime.loop.run`: the model is a pretrained encoder plus a (layer-wise) head
+(:mod:`finetune.model`); a step mixes up waveforms, computes features on the device, optionally masks tokens and
+returns the cross-entropy against (mixed) one-hot targets; validation is the accuracy of an exact pass over the
+validation split (every clip once across ranks, predictions gathered), which picks ``best.pt``; the export is the
+test report of the best weights: metrics.json, predictions.csv, confusion_matrix.png, the learned layer weights (also
+to TensorBoard), and the console tables.
 """
 from __future__ import annotations
 
-import json
 import logging
-import math
 import sys
-import time
 from dataclasses import asdict
-from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from finetune import metrics as M
 from finetune.config import FinetuneConfig, load_finetune_config, resolve_run_dir
 from finetune.model import build_classifier, finetune_groups
 from launch.common.errors import BadInput, cli
-from launch.common.files import replacing
-from pretrain import checkpoint, distributed
-from pretrain.config import to_yaml
-from pretrain.engine import build_engine, watched
+from launch.runtime import checkpoints, distributed, loop
+from launch.submit import Entry
 from pretrain.masking import mae_mask_2d
-from pretrain.train import step_seed, stop_requested, truncate_metrics
 from shards.default import ensure_synthetic
 from shards.features import build_features
 from shards.stream import ShardSet, ShardSetConfig, eval_batches, open_shard_set, train_loader
 
 log = logging.getLogger("finetune")
-CLASSIFIER_FORMAT = "tessera-classifier/1"
 
 
 def resolve_data(cfg: FinetuneConfig, console=None) -> tuple[list[ShardSet], ShardSet | None, ShardSet | None]:
@@ -61,9 +57,13 @@ def resolve_data(cfg: FinetuneConfig, console=None) -> tuple[list[ShardSet], Sha
     if cfg.num_classes is not None and cfg.num_classes != len(classes):
         raise BadInput(f"num_classes={cfg.num_classes} but {train[0].path} has {len(classes)} classes")
     opened = [open_shard_set(s) if s is not None else None for s in (val, test)]
-    for s, c in zip(opened, (val, test)):
-        if s is not None and s.classes != classes:
-            raise BadInput(f"{c.path}: class list differs from the training data's")
+    for s, c, role in zip(opened, (val, test), ("data.val", "data.test")):
+        if s is None:
+            continue
+        if s.classes != classes:
+            raise BadInput(f"{role}: {c.path}: class list differs from the training data's")
+        if not s.labelled:  # found now, not after all training
+            raise BadInput(f"{role}: {c.path} split {c.split!r} has no labels; it cannot score a classifier")
     return sets, opened[0], opened[1]
 
 
@@ -130,134 +130,97 @@ def mixup(wave: torch.Tensor, target: torch.Tensor, prob: float, alpha: float, g
     return wave, target
 
 
-def save_best(path: Path, model, cfg: FinetuneConfig, classes: list[str], step: int, val: dict, info: dict) -> None:
-    payload = {"format": CLASSIFIER_FORMAT, "encoder": asdict(model.encoder.cfg), "head": asdict(cfg.head),
-               "classes": classes, "step": step, "val": val, "pretrained": info,
-               "state_dict": {k: v.detach().float().cpu() for k, v in model.state_dict().items()}}
-    with replacing(path) as tmp:
-        torch.save(payload, tmp)
+class FinetuneTask(loop.Task):
+    """A pretrained encoder plus a head, fine-tuned on labelled shards; the best validation accuracy is kept."""
+
+    label = "fine-tune"
+
+    def __init__(self, cfg: FinetuneConfig):
+        super().__init__(resolve_run_dir(cfg), cfg.data.stream.batch_size)
+        self.cfg = cfg
+        self.selection = loop.Selection("val_accuracy", "max", cfg.early_stop)
+
+    def setup(self, ctx: loop.Context) -> None:
+        # rank 0 builds the default corpus if needed; every rank then opens the same shard sets
+        self.train_sets, self.val_set, self.test_set = ctx.main_first(lambda: resolve_data(self.cfg, ctx.console))
+        self.classes, self.multi_label = self.train_sets[0].classes, self.train_sets[0].multi_label
+        self.features = build_features(self.cfg.data.features).to(ctx.device)
+
+    def build_model(self, ctx: loop.Context) -> nn.Module:
+        cfg = self.cfg
+        overrides = {"target_frames": cfg.data.features.target_frames, "stride_freq": cfg.encoder.stride_freq,
+                     "stride_time": cfg.encoder.stride_time, "drop_path": cfg.encoder.drop_path}
+        self.model, self.info = build_classifier(cfg.ckpt, overrides, cfg.scratch_encoder, cfg.head, len(self.classes),
+                                                 cfg.freeze_backbone)
+        return self.model
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        o = self.cfg.optim
+        return finetune_groups(model, o.head_lr_scale, o.layer_decay, o.weight_decay)
+
+    def describe(self, ctx: loop.Context, model: nn.Module) -> list[str]:
+        enc, cfg = model.encoder, self.cfg
+        return [f"fine-tune         {self.info.get('source', '?')} ({self.info.get('path', cfg.ckpt)}) -> "
+                f"{len(self.classes)} classes",
+                f"encoder           {enc.cfg.size}, {enc.grid[0]} x {enc.grid[1]} = {enc.num_patches} patches; head "
+                f"{cfg.head.kind}{' (frozen backbone)' if cfg.freeze_backbone else ''}; head lr x "
+                f"{cfg.optim.head_lr_scale}, layer decay {cfg.optim.layer_decay}"]
+
+    def train_batches(self, ctx: loop.Context, start_micro_step: int) -> Iterator[Any]:
+        return train_loader(self.train_sets, self.cfg.data.stream, rank=ctx.env.rank, start_step=start_micro_step,
+                            pin_memory=ctx.device.type == "cuda")
+
+    def step(self, ctx: loop.Context, engine: Any, batch: Any, generator: torch.Generator) -> loop.StepOutput:
+        cfg = self.cfg
+        target = _targets(batch.label, len(self.classes), self.multi_label)
+        wave, target = mixup(batch.wave, target, cfg.augment.mixup, cfg.augment.mixup_alpha, generator)
+        fbank = self.features(wave.to(ctx.device, non_blocking=True)).to(ctx.dtype)
+        logits = engine(fbank, *_token_mask(cfg, self.model.encoder, fbank.shape[0], generator))
+        return loop.StepOutput(_loss(logits, target.to(ctx.device), self.multi_label), {},
+                               {"corrupt": batch.corrupt})
+
+    @property
+    def validates(self) -> bool:
+        return self.val_set is not None
+
+    def evaluate(self, ctx: loop.Context, engine: Any) -> dict[str, float]:
+        pred = predict(engine, self.features, self.val_set, self.cfg, ctx.env, ctx.device, ctx.dtype)
+        if not len(pred["labels"]):
+            raise BadInput(f"data.val ({self.val_set.name}): no clip of the validation split could be read; "
+                           "nothing to select the best checkpoint on")
+        return {"val_accuracy": float((pred["probs"].argmax(1) == pred["labels"]).mean())}
+
+    def save_best(self, ctx: loop.Context, engine: Any, step: int, scores: dict[str, float]) -> None:
+        if ctx.env.is_main:
+            model = engine.module
+            checkpoints.write_classifier(ctx.run_dir / checkpoints.CLASSIFIER_FILE, model.state_dict(),
+                                         encoder=asdict(model.encoder.cfg), head=asdict(self.cfg.head),
+                                         classes=self.classes, step=step,
+                                         val={"accuracy": scores["val_accuracy"]}, pretrained=self.info)
+
+    def finish(self, ctx: loop.Context, engine: Any, state: loop.LoopState) -> dict[str, Any]:
+        distributed.barrier()  # best.pt is on disk
+        summary: dict[str, Any] = {"best_val_accuracy": state.best}
+        if self.test_set is None:
+            return summary
+        best = ctx.run_dir / checkpoints.CLASSIFIER_FILE
+        if best.exists():  # test the best weights (no validation: the last ones)
+            weights = checkpoints.read_classifier(best)["state_dict"]
+            current = engine.module.state_dict()
+            engine.module.load_state_dict({k: v.to(current[k].dtype) for k, v in weights.items()})
+        pred = predict(engine, self.features, self.test_set, self.cfg, ctx.env, ctx.device, ctx.dtype)
+        if ctx.env.is_main:
+            summary["test"] = report(ctx, state.step, pred, self.classes, self.cfg, engine.module, self.train_sets)
+        return summary
 
 
 def run(cfg: FinetuneConfig, stop=None) -> dict[str, Any]:
-    """Fine-tune, select on validation, test the best weights. Every rank calls this.
+    """Fine-tune, select on validation, test the best weights, on every rank (see :func:`launch.runtime.loop.run`).
 
     ``stop`` (a ``threading.Event``, set by the launcher on SIGUSR2) saves a checkpoint at the current step and
     returns early with ``stopped_at``; the requeued job resumes there.
     """
-    from rich.console import Console
-
-    env, device = distributed.setup(cfg.deepspeed.backend)
-    console = Console(stderr=True, quiet=not env.is_main)
-    run_dir = resolve_run_dir(cfg)
-    if env.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    data = resolve_data(cfg, console) if env.is_main else None  # rank 0 builds the synthetic corpus if needed
-    distributed.barrier()
-    train_sets, val_set, test_set = data or resolve_data(cfg)
-    classes, multi = train_sets[0].classes, train_sets[0].multi_label
-    if cfg.optim.schedule == "plateau" and val_set is None:
-        raise BadInput("optim.schedule=plateau watches the validation accuracy: give data.val={path: ..., split: ...}")
-
-    torch.manual_seed(cfg.seed)
-    overrides = {"target_frames": cfg.data.features.target_frames, "stride_freq": cfg.encoder.stride_freq,
-                 "stride_time": cfg.encoder.stride_time, "drop_path": cfg.encoder.drop_path}
-    model, info = build_classifier(cfg.ckpt, overrides, cfg.scratch_encoder, cfg.head, len(classes),
-                                   cfg.freeze_backbone)
-    features = build_features(cfg.data.features).to(device)
-    groups = finetune_groups(model, cfg.optim.head_lr_scale, cfg.optim.layer_decay, cfg.optim.weight_decay)
-    built = build_engine(model, cfg.deepspeed, cfg.optim, micro_batch=cfg.data.stream.batch_size, world=env.world_size,
-                         total_steps=cfg.steps, groups=groups)
-    engine = built.engine
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.deepspeed.precision, torch.float32)
-
-    start, best, bad_evals = 0, -math.inf, 0
-    ckpt_dir = run_dir / "checkpoints"
-    if cfg.checkpoint.resume != "never":
-        resumed = checkpoint.resume(engine, ckpt_dir, None if cfg.checkpoint.resume == "auto" else cfg.checkpoint.resume)
-        if resumed:
-            start, client = resumed
-            best, bad_evals = client.get("best", best), client.get("bad_evals", 0)
-            log.info("resumed from %s at step %d", ckpt_dir, start)
-            if env.is_main:
-                truncate_metrics(run_dir / "metrics.jsonl", start)  # the steps after the checkpoint run again
-    enc = model.encoder
-    console.print(f"fine-tune {info.get('source', '?')} ({info.get('path', cfg.ckpt)}) -> {len(classes)} classes\n"
-                  f"  encoder {enc.cfg.size} {enc.grid[0]}x{enc.grid[1]}={enc.num_patches} patches, head "
-                  f"{cfg.head.kind}{' (frozen backbone)' if cfg.freeze_backbone else ''}; peak lr {built.peak_lr:.3g} "
-                  f"(head x{cfg.optim.head_lr_scale}, layer decay {cfg.optim.layer_decay}); run folder {run_dir}")
-
-    accum = cfg.deepspeed.grad_accum
-    batches = train_loader(train_sets, cfg.data.stream, rank=env.rank, start_step=start * accum,
-                           pin_memory=device.type == "cuda")
-    metrics_path = run_dir / "metrics.jsonl"
-    running, counted, t0 = 0.0, 0, time.perf_counter()
-    done = start  # steps finished (a resumed, already finished run trains none)
-    for step in range(start, cfg.steps):
-        for micro in range(accum):
-            micro_step = step * accum + micro
-            seed = step_seed(cfg.seed, env.rank, micro_step)
-            torch.manual_seed(seed)
-            gen = torch.Generator().manual_seed(seed)
-            batch = next(batches)
-            target = _targets(batch.label, len(classes), multi)
-            wave, target = mixup(batch.wave, target, cfg.augment.mixup, cfg.augment.mixup_alpha, gen)
-            fbank = features(wave.to(device, non_blocking=True)).to(dtype)
-            logits = engine(fbank, *_token_mask(cfg, model.encoder, fbank.shape[0], gen))
-            loss = _loss(logits, target.to(device), multi)
-            engine.backward(loss)
-            engine.step()
-            running += loss.item()
-            counted += 1
-        done = step + 1
-        record: dict[str, Any] = {}
-        if done % cfg.log.every_steps == 0 or done == cfg.steps:
-            record = {"step": done, "loss": running / counted, "lr": built.scheduler.get_last_lr()[0],
-                      "clips_per_s": counted * cfg.data.stream.batch_size * env.world_size / (time.perf_counter() - t0)}
-            running, counted, t0 = 0.0, 0, time.perf_counter()
-        if val_set is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
-            pred = predict(engine, features, val_set, cfg, env, device, dtype)
-            acc = float((pred["probs"].argmax(1) == pred["labels"]).mean())
-            record.update(step=done, val_accuracy=acc)
-            if cfg.optim.schedule == "plateau" and built.schedule.observe(watched({"val_accuracy": acc}, cfg.optim)):
-                console.print(f"step {done}: no better validation accuracy for {cfg.optim.plateau_patience + 1} "
-                              f"validations; lr x {cfg.optim.plateau_factor}")
-            if acc > best:
-                best, bad_evals = acc, 0
-                if env.is_main:
-                    save_best(run_dir / "best.pt", engine.module, cfg, classes, done, {"accuracy": acc}, info)
-            else:
-                bad_evals += 1
-        if record and env.is_main:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            console.print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-        saved = done % cfg.checkpoint.every_steps == 0 or done == cfg.steps
-        if saved:
-            checkpoint.save(engine, ckpt_dir, done, {"step": done, "best": best, "bad_evals": bad_evals},
-                            cfg.checkpoint.keep_last, env.is_main)
-        if done < cfg.steps and stop_requested(stop, device):  # SIGUSR2 near the time limit: save here, requeue
-            if not saved:
-                checkpoint.save(engine, ckpt_dir, done, {"step": done, "best": best, "bad_evals": bad_evals},
-                                cfg.checkpoint.keep_last, env.is_main)
-            log.warning("stopping at step %d on request (time limit); the requeued job resumes here", done)
-            return {"run_dir": str(run_dir), "stopped_at": done, "rank": env.rank, "world_size": env.world_size}
-        if cfg.early_stop and bad_evals >= cfg.early_stop:
-            console.print(f"early stop at step {done}: no better validation accuracy for {bad_evals} evaluations")
-            break
-    distributed.barrier()
-    summary = {"run_dir": str(run_dir), "rank": env.rank, "world_size": env.world_size, "best_val_accuracy": best,
-               "steps": done}
-    if test_set is not None:
-        if (run_dir / "best.pt").exists():
-            state = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)["state_dict"]
-            current = engine.module.state_dict()
-            engine.module.load_state_dict({k: v.to(current[k].dtype) for k, v in state.items()})
-        pred = predict(engine, features, test_set, cfg, env, device, dtype)
-        if env.is_main:
-            summary["test"] = report(run_dir, pred, classes, cfg, engine.module, console, train_sets)
-    distributed.barrier()
-    return summary
+    return loop.run(FinetuneTask(cfg), cfg, stop)
 
 
 def seen_devices(cfg: FinetuneConfig, train_sets: list[ShardSet], meta: list[dict]) -> list[str] | None:
@@ -272,9 +235,11 @@ def seen_devices(cfg: FinetuneConfig, train_sets: list[ShardSet], meta: list[dic
     return sorted((d for d in devices if d.lower() not in held_out), key=str.lower)
 
 
-def report(run_dir: Path, pred: dict, classes: list[str], cfg: FinetuneConfig, model, console,
+def report(ctx: loop.Context, step: int, pred: dict, classes: list[str], cfg: FinetuneConfig, model,
            train_sets: list[ShardSet]) -> dict:
-    """metrics.json, predictions.csv, confusion_matrix.png and the layer weights, plus the console tables."""
+    """metrics.json, predictions.csv, confusion_matrix.png and the layer weights (also to the tracker's sinks), plus
+    the console tables (rank 0)."""
+    run_dir, console = ctx.run_dir, ctx.console
     metrics = M.evaluate_predictions(pred["probs"], pred["labels"], classes, pred["meta"],
                                      seen_devices=seen_devices(cfg, train_sets, pred["meta"]))
     head = model.head
@@ -282,14 +247,23 @@ def report(run_dir: Path, pred: dict, classes: list[str], cfg: FinetuneConfig, m
         weights = head.layer_weights().detach().float().cpu().tolist()
         metrics["layer_weights"] = weights
         console.print(M.format_layer_weights(weights))
+        ctx.tracker.image("test/layer_weights", step, M.plot_layer_weights(weights, run_dir / "layer_weights.png"))
     M.write_metrics(run_dir / "metrics.json", metrics)
     M.write_predictions(run_dir / "predictions.csv", pred["keys"], pred["probs"], pred["labels"], classes)
-    M.plot_confusion_matrix(np.array(metrics["confusion_matrix"]), classes, run_dir / "confusion_matrix.png",
-                            title=f"{cfg.head.kind} - test accuracy {100 * metrics['accuracy']:.2f}%")
+    png = M.plot_confusion_matrix(np.array(metrics["confusion_matrix"]), classes, run_dir / "confusion_matrix.png",
+                                  title=f"{cfg.head.kind} - test accuracy {100 * metrics['accuracy']:.2f}%")
+    ctx.tracker.image("test/confusion_matrix", step, png)
     M.print_report(metrics, classes, console)
-    console.print(f"[bold green]done[/]: metrics -> {run_dir / 'metrics.json'}, confusion matrix -> "
-                  f"{run_dir / 'confusion_matrix.png'}")
+    console.print(f"[bold green]done[/]: metrics -> {run_dir / 'metrics.json'}, confusion matrix -> {png}")
     return M.headline(metrics)
+
+
+def _prepare(cfg: FinetuneConfig) -> None:
+    resolve_data(cfg)  # checks the data (and builds the synthetic corpus) before anything is queued
+
+
+ENTRY = Entry("finetune/layerwise.py", load_finetune_config, resolve_run_dir, "finetune.train:run", _prepare)
+"""The launcher's view of fine-tuning (``python finetune/layerwise.py``, ``tessera-finetune``)."""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,8 +7,13 @@ from pathlib import Path
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
-from launch.entries import PRETRAIN  # noqa: E402
-from launch.submit import main  # noqa: E402
+from launch.submit import main as submit_main  # noqa: E402
+from pretrain.train import ENTRY  # noqa: E402  (the task this command runs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return submit_main(ENTRY, argv)
+
 
 if __name__ == "__main__":
-    sys.exit(main(PRETRAIN))
+    sys.exit(main())

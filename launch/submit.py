@@ -1,8 +1,12 @@
 """Submit a job to SLURM (or run it locally) through submitit: cluster flags here, everything else is config.
 
 ``python launch/pretrain.py [--nodes N] [--gpus-per-node G] ... [key=value ...]``. The ``key=value`` overrides are
-merged and validated against the config schema on the login node, before anything is queued; the run folder is named
-by a hash of the config, so submitting the same config again resumes the same run.
+merged and validated against the config schema on the login node, before anything is queued, and so is the run
+folder: a folder another run holds, or that holds a run of another config, is refused here, not in the job. The run
+folder is named by a hash of the config, so submitting the same config again resumes the same run.
+
+Each entry script declares its :class:`Entry` (the task package says how to read its config, where its run folder
+is and what every task of the job calls); this module imports no task package.
 """
 from __future__ import annotations
 
@@ -18,8 +22,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from launch.common.errors import BadInput, cli
+from launch.common.files import atomic_write
 
 CLUSTERS = ("slurm", "local", "debug")
+JOBS_FILE = "jobs.txt"
+"""The run folder's record of the jobs submitted for it (job id, cluster, time)."""
 
 
 @dataclass
@@ -105,11 +112,14 @@ def submit(entry: Entry, argv: list[str] | None = None, prog: str | None = None)
     import submitit
     from rich.console import Console
 
-    from launch.task import Job
-    from pretrain.config import to_yaml
+    from launch.job import Job
+    from launch.runtime import run_folder
+    from launch.runtime.config import to_yaml
 
     console = Console(stderr=True)
-    args, rest = make_parser(prog or f"python {entry.script}").parse_known_args(argv)
+    invoked = Path(sys.argv[0]).name
+    prog = prog or (invoked if invoked.startswith("tessera-") else f"python {entry.script}")  # console script or path
+    args, rest = make_parser(prog).parse_known_args(argv)
     unknown_flags = [a for a in rest if a.startswith("-")]
     if unknown_flags:
         raise BadInput(f"unknown option {unknown_flags[0]!r}; cluster options are flags, the rest key=value")
@@ -140,6 +150,10 @@ def submit(entry: Entry, argv: list[str] | None = None, prog: str | None = None)
     elif cluster == "local" and args.nodes > 1:
         raise BadInput(f"--nodes {args.nodes}: the local cluster has one node (use --tasks-per-node)")
 
+    if args.nodes < 1 or tasks < 1 or cpus < 1 or (args.gpus_per_node or 0) < 0:
+        raise BadInput(f"--nodes {args.nodes}, --tasks-per-node {tasks}, --cpus-per-task {cpus}, --gpus-per-node "
+                       f"{args.gpus_per_node}: expected nodes, tasks and CPUs >= 1 and GPUs >= 0")
+
     if args.dry_run:
         console.print(f"[bold]{cluster}[/] job, not submitted (--dry-run)")
         for k, v in params.items():
@@ -148,14 +162,17 @@ def submit(entry: Entry, argv: list[str] | None = None, prog: str | None = None)
         print(to_yaml(cfg))
         return None
 
+    preflight(run_dir, cfg, cluster)
     if entry.prepare:
         entry.prepare(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    if not run_folder.holds_run(run_dir):  # for the user to read while the job waits; a run writes its own
+        atomic_write(run_dir / run_folder.CONFIG_FILE, to_yaml(cfg))
     executor = submitit.AutoExecutor(folder=run_dir / "submitit" / "%j", cluster=cluster)
     executor.update_parameters(**params)
     job = executor.submit(Job(entry.target, cfg, threads=cpus))
-    (run_dir / "jobs.txt").open("a").write(f"{job.job_id} {cluster} {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+    with open(run_dir / JOBS_FILE, "a") as f:
+        f.write(f"{job.job_id} {cluster} {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
     console.print(f"[bold]{cluster}[/] job [bold]{job.job_id}[/]: {args.nodes} node(s) x {tasks} task(s)")
     console.print(f"  run folder  {run_dir}")
     console.print(f"  logs        {run_dir / 'submitit' / str(job.job_id)}/*_log.{{out,err}}")
@@ -165,6 +182,27 @@ def submit(entry: Entry, argv: list[str] | None = None, prog: str | None = None)
     if cluster == "slurm" or args.no_wait:
         return job
     return _follow(job, console)
+
+
+def preflight(run_dir: Path, cfg: Any, cluster: str) -> None:
+    """What the job would refuse, refused before it is queued: a folder in use (a live run, or a SLURM job of this
+    folder still queued or running), a run of another config, a checkpoint to resume that is not there."""
+    from launch.runtime import run_folder
+    from launch.runtime.config import config_tree
+
+    run_folder.check_free(run_dir)
+    jobs = run_dir / JOBS_FILE
+    submitted = [line.split() for line in jobs.read_text().splitlines() if line.strip()] if jobs.is_file() else []
+    if cluster == "slurm" and submitted and submitted[-1][1:2] == ["slurm"]:
+        last = submitted[-1][0]
+        if run_folder.slurm_job_active(last):
+            raise BadInput(f"{run_dir}: SLURM job {last} of this run folder is still queued or running; wait for it, "
+                           f"scancel {last}, or give another run_dir")
+    resume = cfg.checkpoint.resume
+    if resume not in ("auto", "never") and not Path(resume).is_dir():
+        raise BadInput(f"checkpoint.resume={resume}: no such checkpoint folder")
+    if resume != "never":
+        run_folder.check_same_config(run_dir, config_tree(cfg))
 
 
 def _follow(job, console) -> Any:

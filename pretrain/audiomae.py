@@ -63,12 +63,14 @@ def unpatchify(x: Tensor, patch: int | tuple[int, int], grid: tuple[int, int], t
     return x.reshape(B, t_dim * pt, f_dim * pf)
 
 
-def norm_pix_mse(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool = True, eps: float = 1e-6) -> Tensor:
+def norm_pix_mse(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool = True, eps: float = 1e-6,
+                 per_clip: bool = False) -> Tensor:
     """models_mae.py ``forward_loss``: pred, target [B, N, P], mask [B, N] (1 = removed) -> scalar loss.
 
     ``norm_pix``: each target patch becomes (x - mean) / sqrt(var + eps), var unbiased (torch ``.var``) as official.
     Loss = mean over values of (pred - target)^2 per patch, then the mean over the masked patches only. Computed in
-    float32 whatever the input dtype.
+    float32 whatever the input dtype. ``per_clip``: each clip's own mean over its masked patches, [B] (every clip
+    masks the same count, so their mean is the scalar loss; validation averages clips exactly).
     """
     pred, target, mask = pred.float(), target.float(), mask.float()
     if norm_pix:
@@ -76,6 +78,8 @@ def norm_pix_mse(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool = Tr
         var = target.var(dim=-1, keepdim=True)
         target = (target - mean) / (var + eps) ** 0.5
     per_patch = ((pred - target) ** 2).mean(dim=-1)  # [B, N]
+    if per_clip:
+        return (per_patch * mask).sum(1) / mask.sum(1)
     return (per_patch * mask).sum() / mask.sum()
 
 
@@ -167,7 +171,7 @@ class AudioMAEConfig:
 
 class MAEOutput(NamedTuple):
     loss: Tensor
-    """Scalar norm-pix MSE over the masked patches."""
+    """Norm-pix MSE over the masked patches: a scalar, or [B] per clip (``per_clip``)."""
     pred: Tensor
     """[B, N, patch_time * patch_freq] reconstruction of every patch (normalised units if norm_pix_loss)."""
     mask: Tensor
@@ -257,15 +261,17 @@ class AudioMAE(nn.Module):
         pred = self.decoder_pred(self.decoder_norm(x))
         return pred if self.cfg.decoder == "local" else pred[:, 1:]  # [B, N, P]
 
-    def forward_loss(self, fbank: Tensor, pred: Tensor, mask: Tensor) -> Tensor:
+    def forward_loss(self, fbank: Tensor, pred: Tensor, mask: Tensor, per_clip: bool = False) -> Tensor:
         """Norm-pix MSE of pred [B, N, P] against ``patchify(fbank)`` over mask [B, N] == 1."""
         target = patchify(fbank, self.patch, self.cfg.encoder.token_order)
-        return norm_pix_mse(pred, target, mask, self.cfg.norm_pix_loss)
+        return norm_pix_mse(pred, target, mask, self.cfg.norm_pix_loss, per_clip=per_clip)
 
-    def forward(self, fbank: Tensor, ids_keep: Tensor, ids_restore: Tensor, mask: Tensor) -> MAEOutput:
-        """fbank [B, T, F] and the three mask tensors of :meth:`draw_masks` (moved to the fbank's device)."""
+    def forward(self, fbank: Tensor, ids_keep: Tensor, ids_restore: Tensor, mask: Tensor,
+                per_clip: bool = False) -> MAEOutput:
+        """fbank [B, T, F] and the three mask tensors of :meth:`draw_masks` (moved to the fbank's device);
+        ``per_clip``: the loss of every clip, [B], instead of the batch's."""
         dev = fbank.device
         ids_keep, ids_restore, mask = ids_keep.to(dev), ids_restore.to(dev), mask.to(dev)
         latent = self.forward_encoder(fbank, ids_keep)
         pred = self.forward_decoder(latent, ids_restore)
-        return MAEOutput(self.forward_loss(fbank, pred, mask), pred, mask)
+        return MAEOutput(self.forward_loss(fbank, pred, mask, per_clip), pred, mask)

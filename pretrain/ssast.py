@@ -60,35 +60,40 @@ class SSASTConfig:
 
 
 class SSASTOutput(NamedTuple):
+    """Scalars, or [B] values per clip when the forward is asked for ``per_clip`` (validation)."""
+
     loss: Tensor
-    """nce + mse_weight * mse (scalar)."""
+    """nce + mse_weight * mse."""
     nce: Tensor
-    """InfoNCE of the discriminative pass (scalar)."""
+    """InfoNCE of the discriminative pass."""
     mse: Tensor
-    """MSE of the generative pass (scalar)."""
+    """MSE of the generative pass."""
     acc: Tensor
-    """Masked-patch classification accuracy of the discriminative pass (scalar, detached)."""
+    """Masked-patch classification accuracy of the discriminative pass (detached)."""
 
 
-def infonce(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+def infonce(pred: Tensor, target: Tensor, per_clip: bool = False) -> tuple[Tensor, Tensor]:
     """SSAST's InfoNCE (``mpc``): per clip, total = target @ pred^T [M, M]; loss = -mean diag log_softmax(total, -1).
 
     pred, target [B, M, P]. Faithful quirks (models.md §1.3, issue #13): the softmax runs over predictions
     (dim -1), not targets as in Eq. 1; no temperature; the target is detached; accuracy = argmax over dim 0
-    (targets) of the row-softmaxed matrix == own index. Computed in float32. Returns (loss, acc), both scalars.
+    (targets) of the row-softmaxed matrix == own index. Computed in float32. Returns (loss, acc), both scalars, or
+    both [B] per clip with ``per_clip`` (every clip has M masked patches, so their mean is the scalar).
     """
     total = target.detach().float() @ pred.float().transpose(1, 2)  # [B, M(target), M(pred)]
     logp = F.log_softmax(total, dim=-1)  # [B, M, M]
-    nce = -logp.diagonal(dim1=1, dim2=2).mean()
     idx = torch.arange(total.shape[1], device=total.device)
     # Official: argmax(softmax(total, dim=-1), dim=0); the row-wise softmax matters, argmax(total, 0) differs.
-    acc = (logp.argmax(dim=1) == idx).float().mean()
-    return nce, acc.detach()
+    hits = (logp.argmax(dim=1) == idx).float()  # [B, M]
+    if per_clip:
+        return -logp.diagonal(dim1=1, dim2=2).mean(-1), hits.mean(-1).detach()
+    return -logp.diagonal(dim1=1, dim2=2).mean(), hits.mean().detach()
 
 
-def masked_mse(pred: Tensor, target: Tensor) -> Tensor:
-    """SSAST's ``mpg`` loss: mean((pred - target)^2) over the masked patches [B, M, P] (float32)."""
-    return (pred.float() - target.float()).pow(2).mean()
+def masked_mse(pred: Tensor, target: Tensor, per_clip: bool = False) -> Tensor:
+    """SSAST's ``mpg`` loss: mean((pred - target)^2) over the masked patches [B, M, P] (float32); [B] per clip."""
+    err = (pred.float() - target.float()).pow(2)
+    return err.mean((1, 2)) if per_clip else err.mean()
 
 
 def _head(dim: int, out: int) -> nn.Sequential:
@@ -143,14 +148,16 @@ class SSAST(nn.Module):
         last, _ = self.encoder.run_blocks(x)  # [B, C+N, D], final norm applied
         return _gather(last[:, self.encoder.num_cls:], ids)  # [B, M, D]
 
-    def forward_loss(self, patches: Tensor, h_c: Tensor, ids_c: Tensor, h_g: Tensor, ids_g: Tensor) -> SSASTOutput:
+    def forward_loss(self, patches: Tensor, h_c: Tensor, ids_c: Tensor, h_g: Tensor, ids_g: Tensor,
+                     per_clip: bool = False) -> SSASTOutput:
         """Heads and losses: InfoNCE on the discriminative pass, MSE on the generative pass."""
-        nce, acc = infonce(self.cpredlayer(h_c), _gather(patches, ids_c))  # pred [B, M, P] vs target [B, M, P]
-        mse = masked_mse(self.gpredlayer(h_g), _gather(patches, ids_g))
+        nce, acc = infonce(self.cpredlayer(h_c), _gather(patches, ids_c), per_clip)  # pred vs target [B, M, P]
+        mse = masked_mse(self.gpredlayer(h_g), _gather(patches, ids_g), per_clip)
         return SSASTOutput(nce + self.cfg.mse_weight * mse, nce, mse, acc)
 
-    def forward(self, fbank: Tensor, ids_c: Tensor, ids_g: Tensor) -> SSASTOutput:
-        """fbank [B, T, F]; ids_c / ids_g [B, M] from :meth:`draw_masks` -> SSASTOutput(loss, nce, mse, acc)."""
+    def forward(self, fbank: Tensor, ids_c: Tensor, ids_g: Tensor, per_clip: bool = False) -> SSASTOutput:
+        """fbank [B, T, F]; ids_c / ids_g [B, M] from :meth:`draw_masks` -> SSASTOutput(loss, nce, mse, acc), scalars
+        or [B] per clip."""
         ids_c, ids_g = ids_c.to(fbank.device), ids_g.to(fbank.device)
         patches = self.encoder.patches(fbank)  # [B, N, P], targets (raw normalised input)
         tokens = self.encoder.embed(fbank)  # [B, N, D]
@@ -160,7 +167,7 @@ class SSAST(nn.Module):
             h_c, h_g = h[:b], h[b:]
         else:
             h_c, h_g = self.forward_encoder(tokens, ids_c), self.forward_encoder(tokens, ids_g)
-        return self.forward_loss(patches, h_c, ids_c, h_g, ids_g)
+        return self.forward_loss(patches, h_c, ids_c, h_g, ids_g, per_clip)
 
 
 __all__ = ["SSASTConfig", "SSAST", "SSASTOutput", "infonce", "masked_mse"]

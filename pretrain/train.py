@@ -1,20 +1,17 @@
-"""``run(cfg)``: the pretraining loop every rank executes (``python -m pretrain.train key=value ...``).
+"""Pretraining as a task of the one loop (``python launch/pretrain.py``, or ``python -m pretrain.train key=value ...``
+for one process, or under torchrun / deepspeed).
 
-One step: the rank's next micro-batch of waveforms -> log-mel features on the device -> masks drawn from a generator
-seeded by (seed, rank, micro-step) -> the DeepSpeed engine's forward / backward / step. Everything random is a function
-of the step, and the data stream continues at the step it is told, so a resumed run repeats the losses of an
-uninterrupted one (same seed and world size).
+What pretraining says to :func:`launch.runtime.loop.run`: the model is SSAST or Audio-MAE; a step turns the rank's
+micro-batch of waveforms into log-mel features on the device, draws the method's masks from the step's generator and
+returns the method's loss (and its parts, to log); validation is the same loss on an exact pass over ``data.val``
+(every clip once, its masks drawn from a seed of its global index, so the value is the mean over real clips whatever
+the batch size, rank count or worker count); the export is the consolidated encoder, ``encoder.pt``.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
 import os
 import sys
-import time
-from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -22,16 +19,18 @@ import torch
 from torch import nn
 
 from launch.common.errors import BadInput, cli
-from launch.common.files import atomic_write
-from launch.common.seeds import step_seed
-from pretrain import checkpoint, distributed
-from pretrain.config import PretrainConfig, config_hash, load_pretrain_config, to_yaml
-from pretrain.engine import build_engine, watched
-from shards.default import ensure_synthetic
+from launch.common.seeds import derive_seed
+from launch.runtime import checkpoints, distributed, loop
+from launch.runtime.config import config_hash
+from launch.runtime.engine import full_state_dict
+from launch.submit import Entry
+from pretrain.config import PretrainConfig, load_pretrain_config
+from shards.default import ensure_synthetic, synthetic_dir
 from shards.features import build_features
-from shards.stream import ShardSetConfig, eval_batches, train_loader
+from shards.stream import ShardSet, ShardSetConfig, eval_batches, open_shard_set, train_loader
 
-log = logging.getLogger("pretrain")
+VAL_MASK_SALT = 0x7A1
+"""Salt of the validation masks' seeds (seed, clip index, salt): fixed per clip, never a training step's seed."""
 
 
 def build_model(cfg: PretrainConfig) -> nn.Module:
@@ -64,231 +63,113 @@ def resolve_val(cfg: PretrainConfig) -> ShardSetConfig | None:
         return cfg.data.val
     if cfg.data.train:
         raise BadInput("optim.schedule=plateau watches a validation value: give data.val={path: ..., split: ...}")
-    from shards.default import synthetic_dir
-
     return ShardSetConfig(str(synthetic_dir(cfg.data.synthetic, cfg.data.stream.sample_rate)), "val")
 
 
-@dataclass
-class Progress:
-    """What the loop reports; written as JSON lines to ``metrics.jsonl``."""
-
-    path: Path
-    is_main: bool
-    lines: list[dict[str, Any]] = field(default_factory=list)
-
-    def write(self, record: dict[str, Any]) -> None:
-        self.lines.append(record)
-        if self.is_main:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+def _scalars(out: Any) -> dict[str, torch.Tensor]:
+    """The scalar tensors of a model output (NamedTuple or dataclass), detached, for logging."""
+    items = out._asdict() if hasattr(out, "_asdict") else {f.name: getattr(out, f.name)
+                                                            for f in dataclasses.fields(out)}
+    return {k: v.detach() for k, v in items.items() if torch.is_tensor(v) and v.numel() == 1}
 
 
-def truncate_metrics(path: Path, step: int) -> None:
-    """Keep only the records up to ``step`` (a resumed run repeats the steps after its checkpoint)."""
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-    atomic_write(path, "".join(line + "\n" for line in kept))
+def clip_masks(model: nn.Module, indices: list[int], seed: int) -> tuple[torch.Tensor, ...]:
+    """Validation masks, one clip at a time from a seed of its global index: the same mask for a clip whatever
+    batch, rank or worker it lands in. Rows of padding (index -1) get a mask too; their losses are dropped."""
+    per_clip = [model.draw_masks(1, torch.Generator().manual_seed(derive_seed(seed, max(i, 0), VAL_MASK_SALT)))
+                for i in indices]
+    return tuple(torch.cat(parts) for parts in zip(*per_clip))
 
 
-def _describe(cfg: PretrainConfig, model: nn.Module, world: int, peak_lr: float, run_dir: Path, start: int) -> str:
-    enc = model.encoder
-    micro = cfg.data.stream.batch_size
-    eff = micro * cfg.deepspeed.grad_accum * world
-    n_params = sum(p.numel() for p in model.parameters())
-    f_dim, t_dim = enc.grid
-    lines = [
-        f"run folder        {run_dir}",
-        f"method            {cfg.method} ({cfg.model.encoder.size}, {n_params / 1e6:.2f}M parameters)",
-        f"input             {cfg.data.features.target_frames} frames x {cfg.data.features.num_mel_bins} mel "
-        f"-> {f_dim} x {t_dim} = {enc.num_patches} patches ({cfg.model.encoder.token_order}-major)",
-        f"masking           {model.describe_masking() if hasattr(model, 'describe_masking') else ''}",
-        f"batch             {micro} per rank x {cfg.deepspeed.grad_accum} accum x {world} ranks = {eff} clips/step",
-        f"learning rate     peak {peak_lr:.3g}, {cfg.optim.warmup_steps} warm-up steps, {cfg.optim.schedule}",
-        f"engine            ZeRO-{cfg.deepspeed.zero_stage}, {cfg.deepspeed.precision}",
-        f"steps             {start} -> {cfg.steps}",
-    ]
-    return "\n".join(lines)
+class PretrainTask(loop.Task):
+    """SSAST or Audio-MAE masked pretraining on shard streams."""
 
+    def __init__(self, cfg: PretrainConfig):
+        super().__init__(resolve_run_dir(cfg), cfg.data.stream.batch_size)
+        self.cfg = cfg
+        self.label = cfg.method
+        self.sets: list[ShardSetConfig] = []
+        self.val: ShardSet | None = None
 
-def _mean_across_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
-        return values
-    keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(t)
-    t /= torch.distributed.get_world_size()
-    return dict(zip(keys, t.tolist()))
+    def setup(self, ctx: loop.Context) -> None:
+        self.sets = ctx.main_first(lambda: resolve_data(self.cfg, ctx.console))  # rank 0 builds the default corpus
+        val = resolve_val(self.cfg)
+        self.val = open_shard_set(val) if val is not None else None
+        self.features = build_features(self.cfg.data.features).to(ctx.device)
 
+    def build_model(self, ctx: loop.Context) -> nn.Module:
+        self.model = build_model(self.cfg)
+        return self.model
 
-def _scalars(out: Any) -> dict[str, float]:
-    """The scalar tensors of a model output (NamedTuple or dataclass) as floats, for logging."""
-    if hasattr(out, "_asdict"):
-        items = out._asdict()
-    else:
-        items = {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
-    return {k: float(v.detach()) for k, v in items.items() if torch.is_tensor(v) and v.numel() == 1}
+    def describe(self, ctx: loop.Context, model: nn.Module) -> list[str]:
+        enc, cfg = model.encoder, self.cfg
+        f_dim, t_dim = enc.grid
+        return [f"method            {cfg.method} ({cfg.model.encoder.size}, {cfg.model.encoder.depth or 'all'} blocks)",
+                f"input             {cfg.data.features.target_frames} frames x {cfg.data.features.num_mel_bins} mel "
+                f"-> {f_dim} x {t_dim} = {enc.num_patches} patches ({cfg.model.encoder.token_order}-major)",
+                f"masking           {model.describe_masking()}"]
 
+    def train_batches(self, ctx: loop.Context, start_micro_step: int) -> Iterator[Any]:
+        return train_loader(self.sets, self.cfg.data.stream, rank=ctx.env.rank, start_step=start_micro_step,
+                            pin_memory=ctx.device.type == "cuda")
 
-def evaluate(engine, features, val: ShardSetConfig, cfg: PretrainConfig, env, device, dtype) -> dict[str, float]:
-    """Mean masked-prediction loss (and accuracy) on the validation split: an exact pass, fixed masks per batch."""
-    model = engine.module
-    model.eval()
-    features.eval()  # no SpecAugment / noise on validation
-    totals: dict[str, float] = {}
-    n = 0
-    with torch.no_grad():
-        for i, batch in enumerate(eval_batches(val, cfg.data.stream, rank=env.rank, world=env.world_size)):
-            fbank = features(batch.wave.to(device)).to(dtype)
-            gen = torch.Generator().manual_seed(step_seed(cfg.seed + 1, env.rank, i))
-            out = engine(fbank, *model.draw_masks(fbank.shape[0], gen))
-            for k, v in _scalars(out).items():
-                totals[k] = totals.get(k, 0.0) + v
-            n += 1
-    model.train()
-    features.train()
-    return _mean_across_ranks({f"val_{k}": v / max(n, 1) for k, v in totals.items()}, device)
+    def step(self, ctx: loop.Context, engine: Any, batch: Any, generator: torch.Generator) -> loop.StepOutput:
+        fbank = self.features(batch.wave.to(ctx.device, non_blocking=True)).to(ctx.dtype)
+        out = engine(fbank, *self.model.draw_masks(fbank.shape[0], generator))
+        scalars = {k: v for k, v in _scalars(out).items() if k != "loss"}
+        return loop.StepOutput(out.loss, scalars, {"corrupt": batch.corrupt})
 
+    @property
+    def validates(self) -> bool:
+        return self.val is not None
 
-def stop_requested(stop, device: torch.device) -> bool:
-    """True on every rank when any rank was told to stop (SIGUSR2 before the time limit)."""
-    if stop is None:
-        return False
-    flag = torch.tensor([1.0 if stop.is_set() else 0.0], device=device)
-    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    return bool(flag.item())
+    def evaluate(self, ctx: loop.Context, engine: Any) -> dict[str, float]:
+        """Mean masked-prediction loss (and accuracy) over the real clips of ``data.val`` (see the module doc)."""
+        model = engine.module
+        model.eval()
+        self.features.eval()  # no SpecAugment / noise on validation
+        sums: dict[str, float] = {}
+        with torch.no_grad():
+            for batch in eval_batches(self.val, self.cfg.data.stream, rank=ctx.env.rank, world=ctx.env.world_size):
+                fbank = self.features(batch.wave.to(ctx.device)).to(ctx.dtype)
+                out = engine(fbank, *clip_masks(model, batch.index.tolist(), self.cfg.seed), per_clip=True)
+                valid = batch.valid.to(ctx.device)
+                sums["clips"] = sums.get("clips", 0.0) + float(valid.sum())
+                for name, values in out._asdict().items():
+                    if torch.is_tensor(values) and values.dim() == 1:
+                        sums[name] = sums.get(name, 0.0) + float(values.float()[valid].sum())
+        model.train()
+        self.features.train()
+        keys = sorted(sums)
+        totals = dict(zip(keys, distributed.sum_across_ranks([sums[k] for k in keys])))
+        if not totals.get("clips"):
+            raise BadInput(f"data.val ({self.val.name}): no clip of the validation split could be read")
+        return {f"val_{k}": v / totals["clips"] for k, v in totals.items() if k != "clips"}
+
+    def finish(self, ctx: loop.Context, engine: Any, state: loop.LoopState) -> dict[str, Any]:
+        state_dict = full_state_dict(engine, engine.module.encoder)
+        path = ctx.run_dir / checkpoints.ENCODER_FILE
+        if ctx.env.is_main:
+            checkpoints.write_encoder(path, state_dict, self.cfg.method,
+                                      dataclasses.asdict(self.cfg.model.encoder), state.step,
+                                      {"config_hash": config_hash(self.cfg)})
+            ctx.console.print(f"[bold green]done[/]: {state.step} steps; encoder -> {path}; checkpoints -> "
+                              f"{ctx.run_dir / checkpoints.CHECKPOINTS}; metrics -> {ctx.run_dir / 'metrics.jsonl'}")
+        return {"encoder": str(path)}
 
 
 def run(cfg: PretrainConfig, stop=None) -> dict[str, Any]:
-    """Pretrain as configured; returns a summary (final losses, paths). Every rank calls this.
-
-    ``stop`` (a ``threading.Event``) asks the loop to save a checkpoint at the current step and return early; the
-    summary then has ``stopped_at`` set (the launcher requeues the job, which resumes there).
-    """
-    env, device = distributed.setup(cfg.deepspeed.backend)
-    run_dir = resolve_run_dir(cfg)
-    ckpt_dir = run_dir / "checkpoints"
-    if env.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    from rich.console import Console
-
-    console = Console(stderr=True, quiet=not env.is_main)
-    sets = resolve_data(cfg, console) if env.is_main else None
-    distributed.barrier()  # rank 0 may have built the synthetic corpus
-    sets = sets or resolve_data(cfg)
-
-    val = resolve_val(cfg)
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = build_model(cfg)
-    features = build_features(cfg.data.features).to(device)
-    built = build_engine(model, cfg.deepspeed, cfg.optim, micro_batch=cfg.data.stream.batch_size,
-                         world=env.world_size, total_steps=cfg.steps)
-    engine = built.engine
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.deepspeed.precision, torch.float32)
-
-    start = 0
-    if cfg.checkpoint.resume != "never":
-        explicit = None if cfg.checkpoint.resume == "auto" else cfg.checkpoint.resume
-        resumed = checkpoint.resume(engine, ckpt_dir, explicit)
-        if resumed:
-            start = resumed[0]
-            log.info("resumed from %s at step %d", ckpt_dir / checkpoint.tag_for(start), start)
-    console.print(_describe(cfg, model, env.world_size, built.peak_lr, run_dir, start))
-
-    accum = cfg.deepspeed.grad_accum
-    batches: Iterator = train_loader(sets, cfg.data.stream, rank=env.rank, start_step=start * accum,
-                                     pin_memory=device.type == "cuda")
-    progress = Progress(run_dir / "metrics.jsonl", env.is_main)
-    if env.is_main:
-        truncate_metrics(progress.path, start)  # steps after the checkpoint will be logged again
-    running: dict[str, float] = {}
-    counted, data_wait, t0 = 0, 0.0, time.perf_counter()
-    last_saved = start
-    bar_ctx = _progress_bar(console, cfg, start) if (env.is_main and cfg.log.progress) else nullcontext(None)
-    with bar_ctx as bar:
-        for step in range(start, cfg.steps):
-            for micro in range(accum):
-                micro_step = step * accum + micro
-                t_wait = time.perf_counter()
-                batch = next(batches)
-                data_wait += time.perf_counter() - t_wait
-                seed = step_seed(cfg.seed, env.rank, micro_step)
-                torch.manual_seed(seed)  # dropout / drop-path
-                gen = torch.Generator().manual_seed(seed)  # masks
-                fbank = features(batch.wave.to(device, non_blocking=True)).to(dtype)
-                out = engine(fbank, *model.draw_masks(fbank.shape[0], gen))
-                engine.backward(out.loss)
-                engine.step()
-                for k, v in _scalars(out).items():
-                    running[k] = running.get(k, 0.0) + v
-                counted += 1
-            done = step + 1
-            if bar is not None:
-                bar[0].update(bar[1], completed=done, loss=running.get("loss", 0.0) / max(counted, 1))
-            record: dict[str, Any] = {}
-            if done % cfg.log.every_steps == 0 or done == cfg.steps:
-                elapsed = time.perf_counter() - t0
-                record = _mean_across_ranks({k: v / counted for k, v in running.items()}, device)
-                record.update(step=done, lr=built.scheduler.get_last_lr()[0],
-                              clips_per_s=counted * cfg.data.stream.batch_size * env.world_size / elapsed,
-                              data_wait=data_wait / elapsed, corrupt=batch.corrupt)
-                running, counted, data_wait, t0 = {}, 0, 0.0, time.perf_counter()
-            every = cfg.eval_every or cfg.log.every_steps
-            if val is not None and (done % every == 0 or done == cfg.steps):
-                t_eval = time.perf_counter()
-                scores = evaluate(engine, features, val, cfg, env, device, dtype)
-                record.update(scores, step=done)
-                # the same mean on every rank, so every rank makes the same decision
-                if cfg.optim.schedule == "plateau" and built.schedule.observe(watched(scores, cfg.optim)):
-                    console.print(f"step {done}: {cfg.optim.plateau_metric} has not improved for "
-                                  f"{cfg.optim.plateau_patience + 1} validations; lr x {cfg.optim.plateau_factor}")
-                t0 += time.perf_counter() - t_eval  # validation is not training time
-            if record:
-                progress.write(record)
-                if not (cfg.log.progress and console.is_terminal):  # logs (SLURM, local jobs) get lines
-                    console.print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                           for k, v in record.items()))
-            if done % cfg.checkpoint.every_steps == 0 or done == cfg.steps:
-                checkpoint.save(engine, ckpt_dir, done, {"step": done, "micro_step": done * accum},
-                                cfg.checkpoint.keep_last, env.is_main)
-                last_saved = done
-            if done < cfg.steps and stop_requested(stop, device):
-                if last_saved != done:
-                    checkpoint.save(engine, ckpt_dir, done, {"step": done, "micro_step": done * accum},
-                                    cfg.checkpoint.keep_last, env.is_main)
-                log.warning("stopping at step %d on request (time limit); the requeued job resumes here", done)
-                return {"run_dir": str(run_dir), "stopped_at": done, "rank": env.rank, "world_size": env.world_size,
-                        "metrics": progress.lines}
-
-    state = checkpoint.consolidated_state_dict(engine, engine.module.encoder)
-    encoder_path = run_dir / "encoder.pt"
-    if env.is_main:
-        checkpoint.export_encoder(encoder_path, engine.module.encoder, state, cfg.method, cfg.model.encoder,
-                                  cfg.steps, {"config_hash": config_hash(cfg)})
-        console.print(f"[bold green]done[/]: {cfg.steps} steps; encoder -> {encoder_path}; "
-                      f"checkpoints -> {ckpt_dir}; metrics -> {progress.path}")
-    distributed.barrier()
-    return {"run_dir": str(run_dir), "encoder": str(encoder_path), "last_saved": last_saved,
-            "metrics": progress.lines, "rank": env.rank, "world_size": env.world_size}
+    """Pretrain as configured, on every rank (see :func:`launch.runtime.loop.run`)."""
+    return loop.run(PretrainTask(cfg), cfg, stop)
 
 
-def _progress_bar(console, cfg: PretrainConfig, start: int):
-    from contextlib import contextmanager
+def _prepare(cfg: PretrainConfig) -> None:
+    resolve_val(cfg)  # a plateau schedule without validation data is refused before anything is queued
+    resolve_data(cfg)  # builds the synthetic corpus on the submitting machine, once, when no data is given
 
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
-    from rich.progress import Progress as Bar
 
-    @contextmanager
-    def bar():
-        with Bar(TextColumn(f"[bold]{cfg.method}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
-                 TimeRemainingColumn(), console=console) as p:
-            task = p.add_task("pretrain", total=cfg.steps, completed=start, loss=float("nan"))
-            yield p, task
-
-    return bar()
+ENTRY = Entry("launch/pretrain.py", load_pretrain_config, resolve_run_dir, "pretrain.train:run", _prepare)
+"""The launcher's view of pretraining (``python launch/pretrain.py``, ``tessera-pretrain``)."""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -68,7 +68,7 @@ def _finetune(run_dir: Path, args: list[str]) -> dict:
 
 
 def _semisup(run_dir: Path, args: list[str]) -> list[dict]:
-    from finetune.semisup import load_semisup_config, run
+    from finetune.teacher_student import load_semisup_config, run
 
     if not (run_dir / "semisup.json").exists():
         run(load_semisup_config([f"run_dir={run_dir}", "log.every_steps=100", *args]))

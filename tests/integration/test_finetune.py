@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from finetune.config import load_finetune_config
-from finetune.semisup import load_semisup_config
-from finetune.semisup import run as semisup_run
+from finetune.teacher_student import load_semisup_config
+from finetune.teacher_student import run as semisup_run
 from finetune.train import run as finetune_run
 from launch.common.errors import BadInput
 from tests.fixtures.pretrain_runs import tiny_overrides
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory, tone_shards) -> Path:
     """A 3-step tiny SSAST pretraining run (its encoder.pt is what fine-tuning loads)."""
-    from launch.entries import PRETRAIN
+    from pretrain.train import ENTRY as PRETRAIN
     from launch.submit import submit
 
     run = tmp_path_factory.mktemp("pre") / "run"
@@ -49,6 +49,13 @@ def test_finetune_learns_far_above_chance_and_writes_its_report(pretrained, tone
     assert set(metrics["groups"]["device"]) == {"d0", "d1"}
     rows = (run / "predictions.csv").read_text().splitlines()
     assert len(rows) == 65 and (run / "confusion_matrix.png").stat().st_size > 5000 and (run / "best.pt").exists()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert {"train/loss", "train/lr", "val/accuracy"} <= set(events.Tags()["scalars"])
+    assert {"test/confusion_matrix", "test/layer_weights"} <= set(events.Tags()["images"])
+    assert [e.step for e in events.Scalars("val/accuracy")] == [8, 16, 24]
 
 
 def test_from_scratch_on_the_synthetic_scenes_far_above_chance(scene_shards, tmp_path):

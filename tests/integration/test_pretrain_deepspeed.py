@@ -30,6 +30,12 @@ def test_two_ranks_train_and_loss_decreases(tmp_path, scene_shards, method, stag
     exported = torch.load(run / "encoder.pt", weights_only=False)
     assert exported["format"] == "tessera-encoder/1" and exported["method"] == method
     assert any(k.startswith("blocks.1.") for k in exported["state_dict"])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))  # `tensorboard --logdir runs/` shows these curves
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 13))
+    assert {"train/lr", "throughput/clips_per_s", "throughput/data_wait"} <= set(events.Tags()["scalars"])
 
 
 def test_kill_mid_run_then_resume_matches_uninterrupted_losses(tmp_path, tone_shards):
@@ -95,3 +101,25 @@ def test_plateau_schedule_follows_the_validation_values(tmp_path, tone_shards):
         reference.step(value)
     assert [m["lr"] for m in metrics] == pytest.approx([expected[m["step"]] for m in metrics])
     assert opt.param_groups[0]["lr"] < 1e-3  # the run is deterministic (seeded data and masks): it did cut
+
+
+@pytest.mark.parametrize("method", ["ssast", "audiomae"])
+def test_validation_is_the_mean_over_real_clips_whatever_the_batch_ranks_and_workers(tmp_path, method):
+    """20 validation clips: batch 16 pads the last batch with 12 rows that must not count; 2 ranks and 2 workers
+    split the clips differently. Each clip's mask comes from its own index, so the value is the same everywhere
+    (the learning rate is ~0, so one training step leaves the weights as they were)."""
+    from tests.fixtures.tiny_corpus import build_tiny
+
+    val = tmp_path / "val"
+    build_tiny(val, n=20, shard_size=6, seconds=0.5)
+    values = {}
+    for world, batch, workers in ((1, 16, 0), (2, 5, 2)):  # 12 padded rows on one rank; none, split 2 x 2 ways
+        run = tmp_path / f"w{world}b{batch}n{workers}"
+        extra = [f"data.val={{path: {val}, split: train}}", "eval_every=1", "optim.lr=1e-12", "optim.warmup_steps=0",
+                 f"data.stream.batch_size={batch}", f"data.stream.num_workers={workers}"]
+        overrides = tiny_overrides(method, val, run, steps=1, extra=extra)
+        wait_ok(start_ranks(world, overrides, tmp_path / f"log-{run.name}"), tmp_path / f"log-{run.name}")
+        (record,) = read_metrics(run)
+        values[run.name] = {k: v for k, v in record.items() if k.startswith("val_")}
+    first = next(iter(values.values()))
+    assert first and all(v == pytest.approx(first, rel=1e-5) for v in values.values()), values

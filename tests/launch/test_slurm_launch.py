@@ -10,7 +10,8 @@ import pytest
 import submitit
 
 from launch.common.errors import BadInput
-from launch.entries import FINETUNE, PRETRAIN
+from finetune.train import ENTRY as FINETUNE
+from pretrain.train import ENTRY as PRETRAIN
 from launch.submit import submit
 from tests.fixtures.pretrain_runs import read_metrics, tiny_overrides
 

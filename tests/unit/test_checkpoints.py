@@ -3,6 +3,7 @@ our encoder after import, exact export -> import round trips, load_encoder's for
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import pytest
@@ -10,22 +11,23 @@ import torch
 
 from finetune.heads import HeadConfig, build_head
 from launch.common.errors import BadInput
+from launch.runtime.checkpoints import ENCODER_FORMAT, write_encoder
+from launch.runtime.config import to_yaml
 from pretrain.audiomae import AudioMAE, AudioMAEConfig, audiomae_pos_embed
-from pretrain.checkpoint import ENCODER_FORMAT, export_encoder
-from pretrain.checkpoints import (
+from pretrain.config import PretrainConfig
+from pretrain.encoder import Encoder, EncoderConfig, adapt_pos_embed
+from pretrain.official import (
     export_official_audiomae,
     export_official_ssast,
-    load_encoder,
     load_official_audiomae,
     load_official_audiomae_model,
     load_official_ssast,
     load_official_ssast_model,
 )
-from pretrain.config import PretrainConfig, to_yaml
-from pretrain.encoder import Encoder, EncoderConfig, adapt_pos_embed
-from pretrain.reference import OfficialAST, official_joint_loss
-from pretrain.reference_mae import OfficialAudioMAE, OfficialAudioMAEViT
+from pretrain.pretrained import load_encoder
 from pretrain.ssast import SSAST, SSASTConfig
+from pretrain.tools.reference_mae import OfficialAudioMAE, OfficialAudioMAEViT
+from pretrain.tools.reference_ssast import OfficialAST, official_joint_loss
 
 F64 = torch.float64
 D, HEADS, DEPTH = 192, 3, 2  # "tiny" width with 2 blocks
@@ -159,15 +161,11 @@ def test_ssast_pretraining_losses_equal_the_official_mpc_mpg_on_fixed_masks():
 def test_official_python_loop_masks_are_valid():
     import random
 
-    from pretrain.reference import OfficialAudioMAE as lazy  # re-exported from reference_mae
-
-    assert lazy is OfficialAudioMAE
-
     random.seed(0)
     ref = official_ast()
     acc, nce = ref(torch.randn(2, 128, 128, dtype=F64), "pretrain_mpc", mask_patch=30)  # masks drawn inside
     assert torch.isfinite(nce) and 0 <= acc <= 1
-    from pretrain.reference import gen_maskid_patch
+    from pretrain.tools.reference_ssast import gen_maskid_patch
 
     ids = gen_maskid_patch(512, 400, 64)
     assert len(set(ids.tolist())) == 400 and ids.min() > 0 and ids.tolist() == sorted(ids.tolist())
@@ -290,7 +288,7 @@ def test_load_encoder_reads_our_deepspeed_free_export(tmp_path):
     cfg = EncoderConfig(size="tiny", depth=DEPTH, target_frames=128, cls_tokens=2)
     enc = randomise(Encoder(cfg))
     path = tmp_path / "encoder.pt"
-    export_encoder(path, enc, enc.state_dict(), "ssast", cfg, step=7, extra={"config_hash": "abc"})
+    write_encoder(path, enc.state_dict(), "ssast", dataclasses.asdict(cfg), step=7, extra={"config_hash": "abc"})
     cfg2, sd, info = load_encoder(path)
     assert cfg2 == cfg and _equal(sd, enc.state_dict())
     assert (info["format"], info["method"], info["step"], info["head"]) == (ENCODER_FORMAT, "ssast", 7, "mean")

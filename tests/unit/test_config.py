@@ -7,9 +7,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from finetune.config import FinetuneConfig, load_finetune_config
-from finetune.semisup import SemiSupConfig
+from finetune.teacher_student import SemiSupConfig
 from launch.common.errors import BadInput
-from pretrain.config import CONFIG_DIR, PretrainConfig, config_hash, load_pretrain_config, to_yaml
+from launch.runtime.config import config_hash, to_yaml
+from pretrain.config import CONFIG_DIR, PretrainConfig, load_pretrain_config
 
 SNAPSHOT = Path(__file__).with_name("config_keys.txt")
 
@@ -70,3 +71,20 @@ def test_schema_snapshot():
 def test_finetune_defaults_are_the_tau_shape():
     cfg = load_finetune_config([])
     assert (cfg.encoder.stride_freq, cfg.encoder.stride_time, cfg.data.features.target_frames) == (10, 10, 100)
+
+
+@pytest.mark.parametrize("argv,expected", [([], "c19ad7fa"), (["method=audiomae"], "e05f31af"),
+                                           (["recipe=ssast_base_patch400"], "4b04dd6c"),
+                                           (["method=audiomae", "recipe=audiomae_base_as2m"], "b01592dd")])
+def test_old_run_folders_keep_their_names(argv, expected):
+    """Run folders are named by the config hash: these are the names the embedded default and the recipes had
+    before the runtime moved to launch/runtime, so an old folder resumes with the same command."""
+    assert config_hash(load_pretrain_config(argv)) == expected
+
+
+def test_old_finetune_and_semisup_folders_keep_their_names():
+    from finetune.teacher_student import load_semisup_config
+
+    assert config_hash(load_finetune_config([])) == "e41b642b"
+    assert config_hash(load_finetune_config(["ckpt=none"])) == "21e92005"
+    assert config_hash(load_semisup_config([])) == "9f0ebeec"

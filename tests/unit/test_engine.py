@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from pretrain.config import DeepSpeedConfig, OptimConfig
-from pretrain.engine import deepspeed_config, lr_lambda, param_groups
+from launch.runtime.engine import deepspeed_config, lr_lambda, param_groups
 
 
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])

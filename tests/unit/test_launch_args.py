@@ -46,3 +46,20 @@ def test_unknown_flag_and_key_fail_in_one_line_before_submitting(tmp_path):
         assert r.returncode == 2, r.stderr
         lines = [line for line in r.stderr.splitlines() if line.strip() and "[WARNING]" not in line]
         assert len(lines) == 1 and expected in lines[0], r.stderr
+
+
+@pytest.mark.parametrize("command,script", [("tessera-shards", "shards/build.py"),
+                                            ("tessera-pretrain", "launch/pretrain.py"),
+                                            ("tessera-finetune", "finetune/layerwise.py"),
+                                            ("tessera-pseudolabel", "finetune/pseudolabel.py")])
+def test_console_scripts_are_the_entry_scripts(command, script):
+    """pyproject's console scripts run the same commands as ``python path/to/script.py`` (same options)."""
+    exe = Path(sys.executable).parent / command
+    assert exe.exists(), f"{command} is not installed next to {sys.executable} (pip install -e .)"
+    by_name = subprocess.run([str(exe), "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    by_path = subprocess.run([sys.executable, script, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert by_name.returncode == 0 and by_path.returncode == 0, by_name.stderr
+    options = lambda text: sorted(w for w in text.split() if w.startswith("--"))  # noqa: E731
+    assert options(by_name.stdout) == options(by_path.stdout)
+    if script != "shards/build.py":
+        assert f"usage: {command}" in by_name.stdout

@@ -12,7 +12,7 @@ import webdataset as wds
 from omegaconf import OmegaConf
 from rich.console import Console
 
-from finetune.pseudo import PseudoLabelConfig, Selection, print_selection, select, selection_report, write_pseudo_shards
+from finetune.selection import PseudoLabelConfig, Selection, print_selection, select, selection_report, write_pseudo_shards
 from launch.common.errors import BadInput
 from shards.clip import Clip
 from shards.stream import ShardSetConfig, StreamConfig, eval_batches, open_shard_set, train_loader

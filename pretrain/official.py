@@ -1,6 +1,7 @@
 """The released SSAST / Audio-MAE checkpoint formats: their files -> our ``Encoder``, our encoder -> their files.
 
-Used through :mod:`pretrain.checkpoints` (which re-exports the public functions and adds :func:`load_encoder`).
+Used through :mod:`pretrain.pretrained` (:func:`~pretrain.pretrained.load_encoder`, behind ``ckpt=``); the export
+functions write files the official code loads.
 
 What the conversion does (models.md §1.2, §1.6, §2.2, §2.3, §2.6, §3; pretrain/encoder.py for our layout):
 
@@ -33,7 +34,6 @@ trunc_normal std 2e-5), together with the recipe's layer-wise LR decay 0.75. ``i
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from collections import OrderedDict
 from pathlib import Path
@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from launch.common.errors import BadInput
+from launch.runtime.checkpoints import read_torch
 from pretrain.audiomae import audiomae_pos_embed
 from pretrain.encoder import MLP_RATIO, MODEL_SIZES, EncoderConfig, adapt_pos_embed, reorder_pos_embed
 
@@ -58,27 +59,6 @@ _WIDTHS = {w: name for name, (w, _, _) in MODEL_SIZES.items()}
 
 
 # ------------------------------------------------------------------------------------------------------ reading
-def read_torch(path: str | Path, trusted: bool = False) -> Any:
-    """torch.load on the CPU; any failure is one :class:`BadInput` line naming the file.
-
-    Untrusted files load with ``weights_only=True`` (tensors and plain containers; ``argparse.Namespace`` is
-    allowed for Audio-MAE's ``args``); ``trusted`` (our own DeepSpeed files, which hold other objects) does not.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise BadInput(f"{path}: no such file")
-    try:
-        if trusted:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - truncated zip, bad pickle, EOF: all mean "not readable"
-        if "Weights only load failed" in str(e):
-            raise BadInput(f"{path}: holds pickled objects other than tensors; if you trust it, load it with "
-                           "torch.load(weights_only=False) and pass the state dict") from None
-        raise BadInput(f"{path}: cannot be read as a torch checkpoint (truncated?)") from None
-
-
 def _source(src: str | Path | Mapping[str, Any]) -> tuple[str, Any]:
     """(name for messages, loaded object)."""
     if isinstance(src, Mapping):
@@ -392,5 +372,5 @@ def export_official_audiomae(model: torch.nn.Module) -> dict[str, "OrderedDict[s
 
 
 __all__ = ["load_official_ssast", "load_official_ssast_model", "load_official_audiomae", "load_official_audiomae_model",
-           "export_official_ssast", "export_official_audiomae", "fit_encoder", "read_torch", "detect_official",
+           "export_official_ssast", "export_official_audiomae", "fit_encoder", "detect_official",
            "encoder_shapes", "check_encoder_state", "ssast_to_encoder", "audiomae_to_encoder", "size_of", "FITTABLE"]

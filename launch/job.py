@@ -1,4 +1,4 @@
-"""What runs in every task of a job: the distributed environment, then the job's ``run(cfg)``.
+"""What runs in every task (process) of a job: the distributed environment, then the entry's ``run(cfg, stop)``.
 
 A :class:`Job` is checkpointable (submitit requeues it when SLURM preempts it or its time runs out). Requeued, it simply
 runs again: ``run`` resumes from the latest complete checkpoint in the run folder, so the job finishes with the step

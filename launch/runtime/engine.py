@@ -1,19 +1,35 @@
-"""The only place that talks to DeepSpeed: its config dict from our typed config, and the engine.
+"""The only module that imports DeepSpeed: process group, engine, LR schedule, ZeRO-3 gathering, consolidation.
 
 No hand-kept ds_config.json: :func:`deepspeed_config` derives it, so the batch arithmetic is checked in one place
-(``train_batch_size == micro * accum * world``, as torchtitan checks its parallel degrees).
+(``train_batch_size == micro * accum * world``, as torchtitan checks its parallel degrees). Everything else in the
+project reaches DeepSpeed through the functions here (``init_process_group``, ``build_engine``,
+``full_state_dict``, ``consolidate_zero_checkpoint``) or through the engine object they return.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 from torch import nn
 
 from launch.common.errors import BadInput
-from pretrain.config import DeepSpeedConfig, OptimConfig
+from launch.runtime.config import DeepSpeedConfig, OptimConfig
+
+
+def _deepspeed():
+    """The deepspeed module, imported on first use (it is slow to import and not needed by the pure helpers)."""
+    import deepspeed
+
+    return deepspeed
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""The compute dtype of each ``deepspeed.precision``: inputs are cast to it before the engine's forward."""
 
 
 def deepspeed_config(ds: DeepSpeedConfig, optim: OptimConfig, micro_batch: int, world: int) -> dict[str, Any]:
@@ -144,8 +160,6 @@ def build_engine(model: nn.Module, ds: DeepSpeedConfig, optim: OptimConfig, *, m
     ``groups`` (default: :func:`param_groups`) may carry an ``lr_scale`` each (head LR, layer-wise decay): a group's
     peak rate is ``peak * lr_scale`` and the schedule multiplies every group alike.
     """
-    import deepspeed
-
     config = deepspeed_config(ds, optim, micro_batch, world)
     peak = optim.lr * (config["train_batch_size"] / 256 if optim.lr_batch_scale else 1.0)
     groups = groups if groups is not None else param_groups(model, optim.weight_decay, no_decay)
@@ -155,6 +169,36 @@ def build_engine(model: nn.Module, ds: DeepSpeedConfig, optim: OptimConfig, *, m
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=peak, betas=tuple(optim.betas), eps=optim.eps,
                                   fused=fused)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(optim, total_steps))
-    engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+    engine, optimizer, _, scheduler = _deepspeed().initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                            config=config)
     return Engine(engine, optimizer, scheduler, peak, config)
+
+
+def init_process_group(backend: str = "auto") -> str:
+    """Join the job's process group through DeepSpeed (NCCL on GPUs, gloo on CPU); returns the backend used."""
+    if backend == "auto":
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if not torch.distributed.is_initialized():
+        _deepspeed().init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+    return backend
+
+
+def full_state_dict(engine: Any, module: nn.Module) -> dict[str, torch.Tensor]:
+    """Full fp32 tensors of ``module``'s state on every rank (collective under ZeRO-3, whose parameters are
+    partitioned: each rank gathers them all; other stages hold full parameters already)."""
+    def copy() -> dict[str, torch.Tensor]:
+        return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
+
+    if engine is not None and engine.zero_optimization_stage() == 3:
+        with _deepspeed().zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            return copy()
+    return copy()
+
+
+def consolidate_zero_checkpoint(folder: Path) -> dict[str, torch.Tensor]:
+    """The fp32 master weights of a ZeRO-1/2/3 checkpoint folder (DeepSpeed's ``zero_to_fp32``), its printing
+    silenced; raises what DeepSpeed raises for missing or damaged optimizer shards."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)

@@ -1,4 +1,5 @@
-"""``run(cfg)``: the semi-supervised pipeline of the ICME 2024 Audio-MAE report, on every rank.
+"""``run(cfg)``: the semi-supervised pipeline of the ICME 2024 Audio-MAE report (teacher -> pseudo-labels ->
+student, in rounds), on every rank (``python finetune/pseudolabel.py``).
 
 round r: teacher (fine-tuned on the labelled data; in later rounds, the previous student) -> an exact pass over the
 unlabelled clips -> selected pseudo-labels written as a new shard set ``<run>/round{r}-pseudo`` -> a student
@@ -18,16 +19,18 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from finetune import pseudo
+from finetune import selection
 from finetune.config import CONFIG_DIR, FinetuneConfig, FinetuneDataConfig, resolve_run_dir
 from finetune.metrics import fmt_number, fmt_percent, headline
 from finetune.model import load_classifier
-from finetune.pseudo import PseudoLabelConfig
+from finetune.selection import PseudoLabelConfig
+from finetune.train import predict
+from finetune.train import run as finetune_run
 from launch.common.errors import BadInput, cli
 from launch.common.files import atomic_write
-from pretrain import distributed
-from pretrain.checkpoint import export_encoder
-from pretrain.config import merge_config
+from launch.runtime import checkpoints, distributed, run_folder
+from launch.runtime.config import check, merge_config
+from launch.submit import Entry
 from shards.default import ensure_synthetic
 from shards.features import build_features
 from shards.stream import ShardSetConfig, open_shard_set
@@ -48,14 +51,16 @@ class SemiSupConfig(FinetuneConfig):
     """An already fine-tuned round-0 teacher (its run folder, with best.pt and metrics.json); empty: fine-tune one
     on the labelled data with this config."""
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check("pseudo_weight", self.pseudo_weight, self.pseudo_weight > 0, "a sampling weight > 0")
+
 
 def load_semisup_config(argv: Sequence[str] = ()) -> SemiSupConfig:
     return merge_config(SemiSupConfig, argv, CONFIG_DIR, selector="preset", default_selector="default")
 
 
 def _finetune(cfg: SemiSupConfig, run_dir: Path, stop, **changes: Any) -> tuple[FinetuneConfig, dict[str, Any]]:
-    from finetune.train import run as finetune_run
-
     fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(FinetuneConfig)}
     sub = FinetuneConfig(**{**fields, "run_dir": str(run_dir), **changes})
     return sub, finetune_run(sub, stop=stop)
@@ -64,8 +69,7 @@ def _finetune(cfg: SemiSupConfig, run_dir: Path, stop, **changes: Any) -> tuple[
 def _teacher_encoder(best: Path, out: Path, method: str = "teacher") -> Path:
     """The encoder of a fine-tuned classifier as an encoder.pt (for a student that starts from the teacher)."""
     model, payload = load_classifier(best)
-    state = {k: v for k, v in model.encoder.state_dict().items()}
-    export_encoder(out, model.encoder, state, method, model.encoder.cfg, payload["step"])
+    checkpoints.write_encoder(out, model.encoder.state_dict(), method, payload["encoder"], payload["step"])
     return out
 
 
@@ -77,7 +81,7 @@ def existing_teacher(path: str, classes: list[str]) -> tuple[Path, dict[str, Any
     for name in ("best.pt", "metrics.json"):
         if not (run_dir / name).is_file():
             raise BadInput(f"teacher={path}: no {name} in {run_dir} (expected a finished fine-tuning run folder)")
-    _, payload = load_classifier(run_dir / "best.pt")
+    _, payload = load_classifier(run_dir / checkpoints.CLASSIFIER_FILE)
     if payload["classes"] != classes:
         raise BadInput(f"teacher={path}: its classes {payload['classes']} differ from the labelled data's {classes}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -104,13 +108,36 @@ def resolve_semisup_data(cfg: SemiSupConfig) -> tuple[FinetuneDataConfig, ShardS
     return data, cfg.unlabelled or ShardSetConfig(root, "unlabelled")
 
 
+ROUND_OUTPUTS = ("semisup.json",)
+"""Besides the round folders (``round*``), what a semi-supervised run writes into its folder."""
+
+
 def run(cfg: SemiSupConfig, stop=None) -> dict[str, Any]:
+    env, _ = distributed.setup(cfg.deepspeed.backend)
+    root = resolve_semisup_dir(cfg)
+    lock = run_folder.RunLock(root)
+    refusal = ""
+    if env.is_main:  # one pipeline per folder; a fresh start moves every round aside
+        try:
+            lock.acquire()
+            if cfg.checkpoint.resume == "never":
+                run_folder.move_to_previous(root, [*ROUND_OUTPUTS, *(p.name for p in sorted(root.glob("round*")))])
+        except BadInput as e:
+            lock.release()
+            refusal = str(e)
+    if not distributed.all_ranks(not refusal):
+        raise BadInput(refusal or f"{root}: rank 0 refused the run folder (its log says why)")
+    try:
+        return _rounds(cfg, root, stop)
+    finally:
+        lock.release()
+
+
+def _rounds(cfg: SemiSupConfig, root: Path, stop) -> dict[str, Any]:
     from rich.console import Console
-    from rich.table import Table
 
     env, device = distributed.setup(cfg.deepspeed.backend)
     console = Console(stderr=True, quiet=not env.is_main)
-    root = resolve_semisup_dir(cfg)
     data, unlabelled = resolve_semisup_data(cfg)
     labelled = list(data.train)
     if data.test is None:
@@ -126,29 +153,30 @@ def run(cfg: SemiSupConfig, stop=None) -> dict[str, Any]:
             return summary  # asked to stop (time limit): the requeued job resumes this fine-tuning run
         teacher_test = summary.get("test", {})
     rows.append({"model": "teacher (labelled only)", **teacher_test})
-    from finetune.train import predict
 
     for r in range(1, cfg.pseudo.rounds + 1):
-        model, payload = load_classifier(teacher_dir / "best.pt")
+        model, payload = load_classifier(teacher_dir / checkpoints.CLASSIFIER_FILE)
         classes = payload["classes"]
         if u_set.classes and u_set.classes != classes:
             raise BadInput(f"{unlabelled.path}: class list differs from the labelled data's")
         model.to(device)
         features = build_features(cfg.data.features).to(device)
         pred = predict(model, features, u_set, cfg, env, device, torch.float32)
-        selection = pseudo.select(pred["probs"], cfg.pseudo)
+        chosen = selection.select(pred["probs"], cfg.pseudo)
         out = root / f"round{r}-pseudo"
         if env.is_main:
-            truth = [pseudo.true_index(m, classes) for m in pred["meta"]]
-            report = pseudo.selection_report(selection, pred["probs"], truth, classes)
-            pseudo.print_selection(report, classes, console)
+            truth = [selection.true_index(m, classes) for m in pred["meta"]]
+            report = selection.selection_report(chosen, pred["probs"], truth, classes)
+            selection.print_selection(report, classes, console)
             if not (out / "manifest.json").exists():
-                pseudo.write_pseudo_shards(Path(unlabelled.path), unlabelled.split, pred["keys"], selection,
-                                           pred["probs"], classes, out, str(teacher_dir / "best.pt"), cfg.pseudo)
+                selection.write_pseudo_shards(Path(unlabelled.path), unlabelled.split, pred["keys"], chosen,
+                                              pred["probs"], classes, out,
+                                              str(teacher_dir / checkpoints.CLASSIFIER_FILE), cfg.pseudo)
         distributed.barrier()
         ckpt = cfg.ckpt
         if cfg.pseudo.student_init == "teacher":
-            ckpt = str(_teacher_encoder(teacher_dir / "best.pt", root / f"round{r}-teacher-encoder.pt"))
+            ckpt = str(_teacher_encoder(teacher_dir / checkpoints.CLASSIFIER_FILE,
+                                        root / f"round{r}-teacher-encoder.pt"))
         student_dir = root / f"round{r}-student"
         train = labelled + [ShardSetConfig(str(out), "pseudo", cfg.pseudo_weight)]
         _, summary = _finetune(cfg, student_dir, stop, ckpt=ckpt, data=dataclasses.replace(data, train=train))
@@ -162,20 +190,35 @@ def run(cfg: SemiSupConfig, stop=None) -> dict[str, Any]:
         teacher_dir = student_dir
 
     if env.is_main:
-        table = Table(title=f"semi-supervised: teacher vs student (test split) - {root}")
-        for col in ("model", "Acc %", "AUC", "log loss", "seen dev. %", "unseen dev. %", "pseudo-labels",
-                    "pseudo acc %"):
-            table.add_column(col, justify="left" if col == "model" else "right")
-        for row in rows:
-            shift = row.get("seen_unseen", {})
-            table.add_row(row["model"], fmt_percent(row.get("accuracy")), fmt_number(row.get("macro_auc")),
-                          fmt_number(row.get("log_loss")),
-                          *(fmt_percent(shift.get(part, {}).get("accuracy")) for part in ("seen", "unseen")),
-                          str(row.get("pseudo_selected", "")), fmt_percent(row.get("pseudo_accuracy")))
-        console.print(table)
+        _print_rows(rows, root, console)
         atomic_write(root / "semisup.json", json.dumps(rows, indent=1))
     distributed.barrier()
     return {"run_dir": str(root), "rows": rows, "rank": env.rank, "world_size": env.world_size}
+
+
+def _print_rows(rows: list[dict[str, Any]], root: Path, console: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"semi-supervised: teacher vs student (test split) - {root}")
+    for col in ("model", "Acc %", "AUC", "log loss", "seen dev. %", "unseen dev. %", "pseudo-labels",
+                "pseudo acc %"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for row in rows:
+        shift = row.get("seen_unseen", {})
+        table.add_row(row["model"], fmt_percent(row.get("accuracy")), fmt_number(row.get("macro_auc")),
+                      fmt_number(row.get("log_loss")),
+                      *(fmt_percent(shift.get(part, {}).get("accuracy")) for part in ("seen", "unseen")),
+                      str(row.get("pseudo_selected", "")), fmt_percent(row.get("pseudo_accuracy")))
+    console.print(table)
+
+
+def _prepare(cfg: SemiSupConfig) -> None:
+    resolve_semisup_data(cfg)  # builds the default corpus and checks the unlabelled set before anything is queued
+
+
+ENTRY = Entry("finetune/pseudolabel.py", load_semisup_config, resolve_semisup_dir, "finetune.teacher_student:run",
+              _prepare)
+"""The launcher's view of the semi-supervised pipeline (``python finetune/pseudolabel.py``, ``tessera-pseudolabel``)."""
 
 
 def main(argv: list[str] | None = None) -> int:

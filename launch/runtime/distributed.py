@@ -1,14 +1,17 @@
-"""Where this process sits in the job, and the process group.
+"""Where this process sits in the job, the process group, and the few collectives the loop needs.
 
 Detection order (as dora's ``get_distrib_spec``): a torchrun / deepspeed launcher (``RANK``/``WORLD_SIZE`` set) ->
-a submitit task (SLURM or submitit's local executor: ``submitit.JobEnvironment``) -> a single process.
+a submitit task (SLURM or submitit's local executor: ``submitit.JobEnvironment``) -> a single process. The process
+group is joined through :func:`launch.runtime.engine.init_process_group` (DeepSpeed's own initialisation).
 """
 from __future__ import annotations
 
 import logging
 import os
 import socket
+import sys
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -62,32 +65,17 @@ def device_for(env: DistEnv) -> torch.device:
     return torch.device("cpu")
 
 
-def init(env: DistEnv, backend: str = "auto") -> None:
-    """Initialise the process group through DeepSpeed (NCCL on GPUs, gloo on CPU)."""
-    import deepspeed
-
-    if torch.distributed.is_initialized():
-        return
-    if backend == "auto":
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
-    log.info("process group: rank %d/%d (%s, %s)", env.rank, env.world_size, backend, env.source)
-
-
-def barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-
-
 def setup(backend: str = "auto") -> tuple[DistEnv, torch.device]:
     """Everything a rank does first: find its place, join the process group, log on rank 0 only, pick its device."""
-    import sys
+    from launch.runtime.engine import init_process_group
 
     env = detect()
-    init(env, backend)
+    used = init_process_group(backend)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     for handler in logging.getLogger().handlers:
-        handler.addFilter(RankZeroFilter(env.rank))
+        if not any(isinstance(f, RankZeroFilter) for f in handler.filters):
+            handler.addFilter(RankZeroFilter(env.rank))
+    log.info("process group: rank %d/%d (%s, %s)", env.rank, env.world_size, used, env.source)
     return env, device_for(env)
 
 
@@ -100,3 +88,51 @@ class RankZeroFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return self.rank == 0 or record.levelno >= logging.WARNING
+
+
+# ------------------------------------------------------------------------------------------------- collectives
+
+
+def _world() -> int:
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+
+
+def _collective_device() -> torch.device:
+    """Where a collective's tensor must live: the GPU for NCCL, the CPU for gloo."""
+    nccl = torch.distributed.get_backend() == "nccl"
+    return torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+
+
+def barrier() -> None:
+    if _world() > 1:
+        torch.distributed.barrier()
+
+
+def all_ranks(ok: bool) -> bool:
+    """True when ``ok`` holds on every rank (every rank gets the same answer, so they take the same branch)."""
+    if _world() == 1:
+        return ok
+    flag = torch.tensor([1.0 if ok else 0.0], device=_collective_device())
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` holds on any rank (e.g. a stop request that reached one rank)."""
+    return not all_ranks(not flag)
+
+
+def sum_across_ranks(values: Sequence[float]) -> list[float]:
+    """Element-wise sums over ranks, in float64 (exact counts and sums for evaluation means)."""
+    if _world() == 1:
+        return [float(v) for v in values]
+    t = torch.tensor(list(values), dtype=torch.float64, device=_collective_device())
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def mean_across_ranks(values: dict[str, float]) -> dict[str, float]:
+    """The mean of every value over ranks (each rank passes the same keys)."""
+    keys = sorted(values)
+    sums = sum_across_ranks([values[k] for k in keys])
+    return {k: s / _world() for k, s in zip(keys, sums)}
