@@ -10,17 +10,22 @@ fine-tune config's ``data.train`` list mixes with the labelled set by weight. Th
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
 from launch.common.errors import BadInput
 from launch.common.files import atomic_write
-from shards.writer import FORMAT, MANIFEST, tar_writer
+from shards.manifest import MANIFEST, read_manifest
+from shards.writer import FORMAT, tar_writer
+
+log = logging.getLogger(__name__)
 
 SPLIT = "pseudo"
 
@@ -197,9 +202,7 @@ def _check_inputs(source_dir: Path, split: str, keys: Sequence[str], selection: 
     if (out_dir / MANIFEST).exists():
         raise BadInput(f"{out_dir / MANIFEST}: already a complete shard set (never overwritten); pick a new folder")
     path = source_dir / MANIFEST
-    if not path.exists():
-        raise BadInput(f"{path}: no manifest (is {source_dir} a complete shards/build.py output?)")
-    manifest = json.loads(path.read_text())
+    manifest = read_manifest(path)
     if split not in manifest.get("splits", {}):
         raise BadInput(f"{path}: no split {split!r}; it has {', '.join(manifest.get('splits', {})) or 'none'}")
     if list(manifest.get("classes", [])) != list(classes) or manifest.get("multi_label"):
@@ -223,30 +226,94 @@ def _shard_urls(source_dir: Path, entry: dict[str, Any]) -> list[str]:
     return [str(source_dir / s["file"]) for s in entry["shards"] if s.get("file") and s["count"] > 0]
 
 
+def _readable(url: str, damaged: list[str]) -> Iterator[dict[str, Any]]:
+    """The samples of one source shard; a tar that is cut short ends there, noted in ``damaged`` (its remaining clips
+    were not predicted either: the prediction pass kept them as invalid rows)."""
+    import webdataset as wds
+
+    def note(e: BaseException) -> bool:
+        damaged.append(f"{url}: {type(e).__name__}: {e}")
+        log.warning("pseudo-labels: %s is damaged (%s: %s); its remaining clips are left out", url, type(e).__name__, e)
+        return False  # stop reading this tar
+
+    yield from wds.tarfile_to_samples(handler=note)([{"url": url}])
+
+
 def _source_keys(urls: Sequence[str]) -> set[str]:
-    """Keys of the split read from tar headers only (cheap: member data is skipped), to refuse before writing."""
+    """Keys of the split read from tar headers only (cheap: member data is skipped), to refuse before writing; a tar
+    cut short gives the keys before the damage."""
     import tarfile
 
     keys: set[str] = set()
     for url in urls:
         try:
             with tarfile.open(url, "r:") as tar:
-                keys.update(Path(m.name).name.split(".", 1)[0] for m in tar if m.isfile())
-        except (OSError, tarfile.TarError) as e:
-            raise BadInput(f"{url}: unreadable shard ({type(e).__name__}: {e})") from None
+                for member in tar:
+                    if member.isfile():
+                        keys.add(Path(member.name).name.split(".", 1)[0])
+        except (OSError, tarfile.TarError, EOFError):
+            continue  # a damaged tar: the keys before the damage are in, the rest were not predicted
     return keys
 
 
-def _samples(urls: Sequence[str]):
-    """The split's samples in manifest order, each ``{"__key__", "flac", "json", ...}`` (bytes)."""
-    import webdataset as wds
+class _ShardSink:
+    """Selected samples -> ``pseudo-NNNNNN.tar`` files of ``shard_size`` samples in ``partial``; every tar is closed
+    before its file (a TarWriter left to the garbage collector would write its end blocks into a closed file)."""
 
-    for url in urls:
+    def __init__(self, partial: Path, shard_size: int):
+        self.partial, self.shard_size = partial, shard_size
+        self.files: list[str] = []
+        self.shards: list[dict[str, Any]] = []
+        self.file = self.writer = None
+        self.count, self.seconds = 0, 0.0
 
-        def fail(e: BaseException, url: str = url) -> bool:
-            raise BadInput(f"{url}: unreadable shard ({type(e).__name__}: {e})")
+    def write(self, sample: dict[str, bytes], seconds: float) -> None:
+        if self.writer is None:
+            self.files.append(f"{SPLIT}-{len(self.shards):06d}.tar")
+            self.file = open(self.partial / self.files[-1], "wb")
+            self.writer = tar_writer(self.file)
+            self.count, self.seconds = 0, 0.0
+        self.writer.write(sample)
+        self.count, self.seconds = self.count + 1, self.seconds + seconds
+        if self.count == self.shard_size:
+            self.close()
 
-        yield from wds.tarfile_to_samples(handler=fail)([{"url": url}])
+    def close(self) -> None:
+        """Finish the current tar (end blocks, fsync) and record it."""
+        if self.writer is not None:
+            self.writer.close()
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            self.shards.append({"file": self.files[-1], "count": self.count, "seconds": round(self.seconds, 3)})
+            self.file = self.writer = None
+
+    def discard(self) -> None:
+        """After a failure: close what is open and delete every tar written so far (nothing half-done is left)."""
+        try:
+            if self.writer is not None:
+                self.writer.close()  # marks the tar closed, so the garbage collector writes nothing later
+        except OSError:
+            pass  # its end blocks cannot be written either (a full disk): the file is deleted below anyway
+        finally:
+            if self.file is not None:
+                self.file.close()
+            self.file = self.writer = None
+            for name in self.files:
+                (self.partial / name).unlink(missing_ok=True)
+
+
+def _pseudo_sample(sample: dict[str, Any], meta: dict[str, Any], label: int, confidence: float, probs: np.ndarray,
+                   classes: Sequence[str], teacher: str, soft: bool) -> dict[str, bytes]:
+    """A source sample relabelled: FLAC bytes unchanged, the pseudo label in ``.cls`` and the metadata."""
+    if "true_label" not in meta and meta.get("label") is not None:
+        meta["true_label"] = meta["label"]  # a labelled held-out split: keep its label as the truth
+    meta.update(label=classes[label], label_index=label, pseudo_label=True, confidence=round(float(confidence), 6),
+                teacher=str(teacher))
+    if soft:
+        meta["probs"] = [round(float(p), 6) for p in probs]
+    return {"__key__": sample["__key__"], "flac": sample["flac"], "cls": str(label).encode(),
+            "json": json.dumps(meta, sort_keys=True, ensure_ascii=False).encode()}
 
 
 def write_pseudo_shards(source_dir: Path, split: str, keys: Sequence[str], selection: Selection, probs: np.ndarray,
@@ -259,10 +326,10 @@ def write_pseudo_shards(source_dir: Path, split: str, keys: Sequence[str], selec
     = source metadata + ``label``, ``label_index``, ``pseudo_label``, ``confidence``, ``teacher`` [+ ``probs``]; a
     source label moves to ``true_label``). Keys are checked against the tar headers before anything is written; tars
     go to ``.partial/`` and are renamed once all are written; ``manifest.json`` comes last (not resumable: a rerun into
-    a folder without manifest starts over). Source clips the teacher did not predict (e.g. corrupt ones dropped by the
-    prediction pass) are counted in ``pseudo.unpredicted``; a predicted key missing from the source is refused.
+    a folder without manifest starts over). Source clips the teacher did not predict (damaged ones the prediction
+    pass kept as invalid rows: audio missing or undecodable, lost to a truncated tar) are counted in
+    ``pseudo.unpredicted`` and never copied; a predicted key missing from the source is refused.
     """
-
     source_dir, out_dir = Path(source_dir), Path(out_dir)
     probs = _check_probs(probs)
     src = _check_inputs(source_dir, split, keys, selection, probs, classes, out_dir, cfg)
@@ -277,61 +344,45 @@ def write_pseudo_shards(source_dir: Path, split: str, keys: Sequence[str], selec
     chosen = {int(i): j for j, i in enumerate(selection.indices)}  # row -> position in the selection
     partial = out_dir / ".partial"
     partial.mkdir(parents=True, exist_ok=True)
-
-    truth, shards, histogram, written = {}, [], {}, []
-    sink, f, count, seconds = None, None, 0, 0.0
-
-    def close() -> None:
-        nonlocal sink, f
-        if sink is not None:
-            sink.close()
-            f.flush()
-            os.fsync(f.fileno())
-            f.close()
-            shards.append({"file": written[-1], "count": count, "seconds": round(seconds, 3)})
-            sink = f = None
-
+    sink, truth, histogram, damaged = _ShardSink(partial, shard_size), {}, {}, []
     try:
-        for sample in _samples(urls):
+        for sample in (x for url in urls for x in _readable(url, damaged)):
             key = sample["__key__"]
-            if "flac" not in sample or "json" not in sample:
-                raise BadInput(f"{sample.get('__url__')}: sample {key!r} has no .flac or .json")
-            meta = json.loads(sample["json"])
+            if key not in row_of or "json" not in sample or "flac" not in sample:
+                continue  # not predicted (damaged or missing audio): counted in pseudo.unpredicted
+            try:
+                meta = json.loads(sample["json"])
+            except ValueError:
+                log.warning("pseudo-labels: %s has unreadable metadata; left out", key)
+                continue
             truth[key] = true_index(meta, classes)
-            j = chosen.get(row_of.get(key, -1))
+            j = chosen.get(row_of[key])
             if j is None:
                 continue
-            if sink is None:  # a new shard
-                written.append(f"{SPLIT}-{len(shards):06d}.tar")
-                f = open(partial / written[-1], "wb")
-                sink = tar_writer(f)
-                count, seconds = 0, 0.0
             label = int(selection.labels[j])
-            if "true_label" not in meta and meta.get("label") is not None:
-                meta["true_label"] = meta["label"]  # a labelled held-out split: keep its label as the truth
-            meta.update(label=classes[label], label_index=label, pseudo_label=True,
-                        confidence=round(float(selection.confidence[j]), 6), teacher=str(teacher))
-            if cfg.soft:
-                meta["probs"] = [round(float(p), 6) for p in probs[row_of[key]]]
-            sink.write({"__key__": key, "flac": sample["flac"], "cls": str(label).encode(),
-                        "json": json.dumps(meta, sort_keys=True, ensure_ascii=False).encode()})
-            count, seconds = count + 1, seconds + float(meta.get("duration") or 0.0)
+            sink.write(_pseudo_sample(sample, meta, label, selection.confidence[j], probs[row_of[key]], classes,
+                                      teacher, cfg.soft), float(meta.get("duration") or 0.0))
             histogram[classes[label]] = histogram.get(classes[label], 0) + 1
-            if count == shard_size:
-                close()
-        close()
-    except BaseException:
-        if f is not None:
-            f.close()
-        for name in written:  # leave no half-written output behind
-            (partial / name).unlink(missing_ok=True)
+        sink.close()
+    except BaseException as e:
+        sink.discard()
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise BadInput(f"{out_dir}: the disk is full ({e.strerror}) while writing pseudo-labels; nothing was kept; "
+                           "free space and run the same command again") from None
         raise
-    for name in written:
+    for name in sink.files:
         os.replace(partial / name, out_dir / name)
     if not any(partial.iterdir()):
         partial.rmdir()
+    return _write_manifest(out_dir, src, entry, split, sink.shards, histogram, selection, probs,
+                           [truth.get(k) for k in keys], keys, classes, teacher, source_dir, cfg, damaged)
 
-    report = selection_report(selection, probs, [truth[k] for k in keys], classes)
+
+def _write_manifest(out_dir: Path, src: dict[str, Any], entry: dict[str, Any], split: str, shards: list[dict],
+                    histogram: dict[str, int], selection: Selection, probs: np.ndarray, truth: list,
+                    keys: Sequence[str], classes: Sequence[str], teacher: str, source_dir: Path,
+                    cfg: PseudoLabelConfig, damaged: list[str]) -> dict[str, Any]:
+    report = selection_report(selection, probs, truth, classes)
     rate = int(entry.get("sample_rate", src.get("sample_rate")))
     manifest = {
         "format": FORMAT, "source": src.get("source"), "classes": list(classes), "multi_label": False,
@@ -343,7 +394,8 @@ def write_pseudo_shards(source_dir: Path, split: str, keys: Sequence[str], selec
             "classes": list(classes), "sample_rate": rate, "skipped": [],
         }},
         "pseudo": {"config": dataclasses.asdict(cfg), "teacher": str(teacher), "source_dir": str(source_dir),
-                   "source_split": split, "unpredicted": len(truth) - len(keys), "report": report},
+                   "source_split": split, "unpredicted": max(0, int(entry.get("count", len(keys))) - len(keys)),
+                   "damaged_shards": damaged, "report": report},
     }
     atomic_write(out_dir / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False))
     return manifest

@@ -29,7 +29,7 @@ from launch.submit import Entry
 from pretrain.masking import mae_mask_2d
 from shards.default import ensure_synthetic
 from shards.features import build_features
-from shards.stream import ShardSet, ShardSetConfig, eval_batches, open_shard_set, train_loader
+from shards.stream import ShardSet, ShardSetConfig, eval_batches, open_eval_split, open_shard_set, train_loader
 
 log = logging.getLogger("finetune")
 
@@ -56,14 +56,12 @@ def resolve_data(cfg: FinetuneConfig, console=None) -> tuple[list[ShardSet], Sha
         raise BadInput(f"{train[0].path}: multi-label data; fine-tuning here is single-label scene classification")
     if cfg.num_classes is not None and cfg.num_classes != len(classes):
         raise BadInput(f"num_classes={cfg.num_classes} but {train[0].path} has {len(classes)} classes")
-    opened = [open_shard_set(s) if s is not None else None for s in (val, test)]
+    # labels and readable shards of val and test: found now, not after all training
+    opened = [open_eval_split(c, role, labelled=True) if c is not None else None
+              for c, role in ((val, "data.val"), (test, "data.test"))]
     for s, c, role in zip(opened, (val, test), ("data.val", "data.test")):
-        if s is None:
-            continue
-        if s.classes != classes:
+        if s is not None and s.classes != classes:
             raise BadInput(f"{role}: {c.path}: class list differs from the training data's")
-        if not s.labelled:  # found now, not after all training
-            raise BadInput(f"{role}: {c.path} split {c.split!r} has no labels; it cannot score a classifier")
     return sets, opened[0], opened[1]
 
 

@@ -123,6 +123,11 @@ def submit(entry: Entry, argv: list[str] | None = None, prog: str | None = None)
     unknown_flags = [a for a in rest if a.startswith("-")]
     if unknown_flags:
         raise BadInput(f"unknown option {unknown_flags[0]!r}; cluster options are flags, the rest key=value")
+    for flag, value, low in (("--nodes", args.nodes, 1), ("--gpus-per-node", args.gpus_per_node, 0),
+                             ("--tasks-per-node", args.tasks_per_node, 1), ("--cpus-per-task", args.cpus_per_task, 1),
+                             ("--mem-gb", args.mem_gb, 1)):
+        if value is not None and value < low:
+            raise BadInput(f"{flag} {value}: expected an integer >= {low}")
     cfg = entry.load_config(rest)
     run_dir = entry.run_dir(cfg)
     cfg.run_dir = str(run_dir)  # every task, on every node, uses the same absolute folder
@@ -149,10 +154,6 @@ def submit(entry: Entry, argv: list[str] | None = None, prog: str | None = None)
         params["slurm_srun_args"] = ["--kill-on-bad-exit=1"]
     elif cluster == "local" and args.nodes > 1:
         raise BadInput(f"--nodes {args.nodes}: the local cluster has one node (use --tasks-per-node)")
-
-    if args.nodes < 1 or tasks < 1 or cpus < 1 or (args.gpus_per_node or 0) < 0:
-        raise BadInput(f"--nodes {args.nodes}, --tasks-per-node {tasks}, --cpus-per-task {cpus}, --gpus-per-node "
-                       f"{args.gpus_per_node}: expected nodes, tasks and CPUs >= 1 and GPUs >= 0")
 
     if args.dry_run:
         console.print(f"[bold]{cluster}[/] job, not submitted (--dry-run)")

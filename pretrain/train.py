@@ -27,7 +27,7 @@ from launch.submit import Entry
 from pretrain.config import PretrainConfig, load_pretrain_config
 from shards.default import ensure_synthetic, synthetic_dir
 from shards.features import build_features
-from shards.stream import ShardSet, ShardSetConfig, eval_batches, open_shard_set, train_loader
+from shards.stream import ShardSet, ShardSetConfig, eval_batches, open_eval_split, open_shard_set, train_loader
 
 VAL_MASK_SALT = 0x7A1
 """Salt of the validation masks' seeds (seed, clip index, salt): fixed per clip, never a training step's seed."""
@@ -94,7 +94,7 @@ class PretrainTask(loop.Task):
     def setup(self, ctx: loop.Context) -> None:
         self.sets = ctx.main_first(lambda: resolve_data(self.cfg, ctx.console))  # rank 0 builds the default corpus
         val = resolve_val(self.cfg)
-        self.val = open_shard_set(val) if val is not None else None
+        self.val = open_eval_split(val, "data.val") if val is not None else None
         self.features = build_features(self.cfg.data.features).to(ctx.device)
 
     def build_model(self, ctx: loop.Context) -> nn.Module:
@@ -164,8 +164,13 @@ def run(cfg: PretrainConfig, stop=None) -> dict[str, Any]:
 
 
 def _prepare(cfg: PretrainConfig) -> None:
-    resolve_val(cfg)  # a plateau schedule without validation data is refused before anything is queued
-    resolve_data(cfg)  # builds the synthetic corpus on the submitting machine, once, when no data is given
+    """Before anything is queued: the default corpus built (once, here), every shard set opened (a missing path or
+    manifest is one line now, not a failed job), the validation split checked."""
+    for s in resolve_data(cfg):
+        open_shard_set(s)
+    val = resolve_val(cfg)  # a plateau schedule without validation data is refused
+    if val is not None:
+        open_eval_split(val, "data.val")
 
 
 ENTRY = Entry("launch/pretrain.py", load_pretrain_config, resolve_run_dir, "pretrain.train:run", _prepare)

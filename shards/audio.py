@@ -16,6 +16,10 @@ class UnusableAudio(Exception):
     """A clip that cannot go into a shard (unreadable, empty, non-finite); the builder skips and lists it."""
 
 
+SAMPLE_RATES = (8000, 192000)
+"""Accepted sample rates in Hz: telephone speech to high-resolution recorders (FLAC itself stops at 655350)."""
+
+
 def read(path: str | Path | io.BytesIO) -> tuple[np.ndarray, int]:
     """Decode any soundfile format (wav incl. 24-bit PCM, flac, ogg, mp3) to float32 ``[n_samples, n_channels]``."""
     try:

@@ -11,11 +11,8 @@ import sys
 from pathlib import Path
 
 from launch.common.errors import BadInput
+from shards.audio import SAMPLE_RATES
 from shards.sources import SOURCES, get_source
-
-
-SAMPLE_RATES = (8000, 192000)
-"""Accepted ``--sample-rate`` range in Hz: telephone speech to high-resolution recorders (FLAC itself stops at 655350)."""
 
 
 def check_sample_rate(rate: int) -> int:

@@ -9,6 +9,7 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from launch.common.errors import check
 from shards.manifest import read_manifest
 from shards.writer import MANIFEST, BuildOptions, build
 
@@ -33,6 +34,12 @@ class SyntheticDataConfig:
     """Clips in the test split (includes devices and cities never seen in training)."""
     duration: float = 1.0
     """Clip length in seconds."""
+
+    def __post_init__(self) -> None:
+        for name in ("labelled", "unlabelled", "val", "test"):
+            check(f"data.synthetic.{name}", getattr(self, name), getattr(self, name) >= 0, ">= 0 clips")
+        check("data.synthetic.labelled", self.labelled, self.labelled >= 1, ">= 1 clip (the corpus' class list)")
+        check("data.synthetic.duration", self.duration, 0 < self.duration <= 60, "0 < seconds <= 60")
 
 
 def synthetic_dir(cfg: SyntheticDataConfig, sample_rate: int) -> Path:

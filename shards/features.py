@@ -27,6 +27,8 @@ import torch.nn.functional as F
 import torchaudio.compliance.kaldi as kaldi
 from torch import Tensor, nn
 
+from launch.common.errors import check
+
 # (mean, std) of the log-mel, used as (x - mean) / (2 std) (SSAST src/run.py recipes, Audio-MAE dataset.py).
 NORM_STATS: dict[str, tuple[float, float]] = {
     "audioset": (-4.2677393, 4.5689974),  # also LibriSpeech and AudioSet+LibriSpeech pretraining in SSAST
@@ -392,6 +394,10 @@ class FeatureConfig:
         self.norm_std = default_std if self.norm_std is None else float(self.norm_std)
         if self.norm_std <= 0:
             raise ValueError(f"features.norm_std must be positive, got {self.norm_std}")
+        check("data.features.freq_mask", self.freq_mask, 0 <= self.freq_mask <= self.num_mel_bins,
+              f"0..num_mel_bins ({self.num_mel_bins}) bins (0: off)")
+        check("data.features.time_mask", self.time_mask, 0 <= self.time_mask <= self.target_frames,
+              f"0..target_frames ({self.target_frames}) frames (0: off)")
 
 
 def log_mel(wave: Tensor, cfg: FeatureConfig) -> Tensor:

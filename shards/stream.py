@@ -41,9 +41,9 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from launch.common.errors import BadInput
+from launch.common.errors import BadInput, check
 from launch.common.seeds import derive_seed
-from shards.audio import decode_flac
+from shards.audio import SAMPLE_RATES, decode_flac
 from shards.manifest import MANIFEST, read_manifest
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,15 @@ class StreamConfig:
     """A worker's stream is re-seeded every this many of its batches; a resume replays at most one segment."""
     seed: int = 0
     """Seed of every random choice in the stream."""
+
+    def __post_init__(self) -> None:
+        check("data.stream.clip_seconds", self.clip_seconds, 0 < self.clip_seconds <= 3600, "0 < seconds <= 3600")
+        low, high = SAMPLE_RATES
+        check("data.stream.sample_rate", self.sample_rate, low <= self.sample_rate <= high, f"{low}..{high} Hz")
+        check("data.stream.batch_size", self.batch_size, self.batch_size >= 1, ">= 1 clip per rank")
+        check("data.stream.num_workers", self.num_workers, self.num_workers >= 0, ">= 0 (0: read in the process)")
+        check("data.stream.shuffle_buffer", self.shuffle_buffer, self.shuffle_buffer >= 1, ">= 1")
+        check("data.stream.segment_batches", self.segment_batches, self.segment_batches >= 1, ">= 1")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -166,6 +175,38 @@ def open_shard_set(cfg: ShardSetConfig) -> ShardSet:
         labelled=bool(entry.get("label_histogram")),
         test_only_devices=[str(d) for d in (manifest.get("info") or {}).get("test_only_devices") or []],
     )
+
+
+def unreadable_shards(s: ShardSet) -> list[str]:
+    """The shards of ``s`` that cannot be opened or hold no readable first member (one tar header each: cheap)."""
+    import tarfile
+
+    bad = []
+    for url in s.urls:
+        try:
+            with tarfile.open(url, "r:") as tar:
+                if tar.next() is None:
+                    bad.append(url)
+        except (OSError, tarfile.TarError, EOFError):
+            bad.append(url)
+    return bad
+
+
+def open_eval_split(cfg: ShardSetConfig, role: str, labelled: bool = False) -> ShardSet:
+    """A split to evaluate on (``role``: the config key, e.g. ``data.test``), checked before any training: labels
+    when ``labelled``, and at least one readable shard (a wholly damaged split is refused; a partly damaged one is
+    evaluated on what can be read, its lost clips counted)."""
+    s = open_shard_set(cfg)
+    if labelled and not s.labelled:
+        raise BadInput(f"{role}: {cfg.path} split {cfg.split!r} has no labels; it cannot score a classifier")
+    bad = unreadable_shards(s)
+    if len(bad) == len(s.urls):
+        raise BadInput(f"{role}: {cfg.path} split {cfg.split!r}: none of its {len(bad)} shards can be read (e.g. "
+                       f"{bad[0]}: missing, empty or damaged); expected the tars its {MANIFEST} lists")
+    if bad:
+        log.warning("%s: %d of %d shards of %s cannot be read (e.g. %s); their clips count as lost", role, len(bad),
+                    len(s.urls), s.name, bad[0])
+    return s
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -473,6 +514,6 @@ def eval_batches(s: ShardSet | ShardSetConfig, cfg: StreamConfig, *, rank: int =
 
 
 __all__ = [
-    "Batch", "ShardSet", "ShardSetConfig", "StreamConfig", "TrainStream", "eval_batches", "open_shard_set",
-    "train_loader",
+    "Batch", "ShardSet", "ShardSetConfig", "StreamConfig", "TrainStream", "eval_batches", "open_eval_split",
+    "open_shard_set", "train_loader", "unreadable_shards",
 ]

@@ -13,6 +13,13 @@ class BadInput(Exception):
     """A file, CSV row, config key, checkpoint or flag that cannot be used as given."""
 
 
+def check(key: str, value: object, ok: bool, expected: str) -> None:
+    """A config field's range check: raise ``ValueError("key=value: expected ...")`` unless ``ok`` (raised in a
+    dataclass's ``__post_init__``, it becomes one BadInput line when the config is read)."""
+    if not ok:
+        raise ValueError(f"{key}={value}: expected {expected}")
+
+
 def at(path: str | Path, line: int | None = None) -> str:
     """``path`` or ``path:line``, the prefix of a :class:`BadInput` message."""
     return f"{path}:{line}" if line is not None else str(path)

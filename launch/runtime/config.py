@@ -17,15 +17,9 @@ from typing import Any, Optional, Sequence, TypeVar
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from launch.common.errors import BadInput
+from launch.common.errors import BadInput, check
 
 T = TypeVar("T")
-
-
-def check(key: str, value: Any, ok: bool, expected: str) -> None:
-    """Raise the one-line range error ``key=value: expected ...`` (merge_config turns it into BadInput)."""
-    if not ok:
-        raise ValueError(f"{key}={value}: expected {expected}")
 
 
 @dataclass

@@ -240,3 +240,64 @@ def test_semisup_on_the_embedded_default_compares_teacher_and_student_on_its_tes
     for name in ("round0-teacher", "round1-student"):
         assert (run / name / "best.pt").exists() and (run / name / "metrics.json").exists(), name
         assert any("val_accuracy" in json.loads(line) for line in (run / name / "metrics.jsonl").read_text().splitlines())
+
+
+def _copy_with(src: Path, dst: Path, damage) -> Path:
+    """A copy of a shard set with ``damage(tar_path)`` applied to every tar."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    for tar in sorted(dst.glob("*.tar")):
+        damage(tar)
+    return dst
+
+
+def _garbage_audio(tar_path: Path) -> None:
+    """Every sample keeps its key and metadata, but its FLAC bytes are not audio."""
+    import io
+    import tarfile
+
+    with tarfile.open(tar_path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(tar_path, "w") as tar:
+        for m, data in members:
+            data = b"not audio" * 10 if m.name.endswith(".flac") else data
+            m.size = len(data)
+            tar.addfile(m, io.BytesIO(data))
+
+
+def test_unlabelled_or_unreadable_val_and_test_splits_are_refused_before_training(pretrained, tone_shards, tmp_path):
+    unlabelled = _copy_with(tone_shards, tmp_path / "unlabelled", lambda tar: None)
+    manifest = json.loads((unlabelled / "manifest.json").read_text())
+    manifest["splits"]["train"]["label_histogram"] = {}
+    (unlabelled / "manifest.json").write_text(json.dumps(manifest))
+    emptied = _copy_with(tone_shards, tmp_path / "emptied", lambda tar: tar.write_bytes(b""))
+    cases = [(f"data.test={_data(unlabelled)}", "data.test: .* has no labels; it cannot score a classifier"),
+             (f"data.val={_data(unlabelled)}", "data.val: .* has no labels"),
+             (f"data.test={_data(emptied)}", "data.test: .*: none of its 8 shards can be read"),
+             (f"data.val={_data(emptied)}", "data.val: .*: none of its 8 shards can be read")]
+    for i, (item, message) in enumerate(cases):
+        run = tmp_path / f"run{i}"
+        with pytest.raises(BadInput, match=message) as e:
+            finetune_run(load_finetune_config(_ft_args(pretrained, run, tone_shards, extra=[item])))
+        assert "\n" not in str(e.value) and not (run / "checkpoints").exists()
+
+
+def test_a_validation_split_that_yields_nothing_stops_the_run_in_one_line(pretrained, tone_shards, tmp_path):
+    garbage = _copy_with(tone_shards, tmp_path / "garbage", _garbage_audio)  # readable tars, no decodable clip
+    run = tmp_path / "run"
+    with pytest.raises(BadInput, match="data.val .*: no clip of the validation split could be read") as e:
+        finetune_run(load_finetune_config(_ft_args(pretrained, run, tone_shards, extra=[f"data.val={_data(garbage)}"])))
+    assert "\n" not in str(e.value) and not (run / "best.pt").exists() and not (run / "metrics.json").exists()
+
+
+def test_a_teacher_whose_best_pt_is_junk_is_one_line(pretrained, tone_shards, tmp_path):
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "best.pt").write_bytes(b"\x80\x04 not a checkpoint" * 20)
+    (junk / "metrics.json").write_text("{}")
+    args = _ft_args(pretrained, tmp_path / "semi", tone_shards, extra=[f"unlabelled={_data(tone_shards)}",
+                                                                        f"teacher={junk}"])
+    with pytest.raises(BadInput, match=r"junk/best.pt: cannot be read as a torch checkpoint") as e:
+        semisup_run(load_semisup_config(args))
+    assert "\n" not in str(e.value)

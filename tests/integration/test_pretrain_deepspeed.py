@@ -38,14 +38,23 @@ def test_two_ranks_train_and_loss_decreases(tmp_path, scene_shards, method, stag
     assert {"train/lr", "throughput/clips_per_s", "throughput/data_wait"} <= set(events.Tags()["scalars"])
 
 
-def test_kill_mid_run_then_resume_matches_uninterrupted_losses(tmp_path, tone_shards):
+# The resume matrix: each value of each axis appears once (method, ZeRO stage, precision, data workers), 2 ranks.
+RESUME_MATRIX = [("ssast", 0, "fp32", 0), ("audiomae", 2, "bf16", 2), ("ssast", 3, "fp32", 0)]
+
+
+@pytest.mark.parametrize("method,stage,precision,workers", RESUME_MATRIX)
+def test_kill_mid_run_then_resume_matches_uninterrupted_losses(tmp_path, tone_shards, method, stage, precision,
+                                                               workers):
     steps = 9
+    extra = [f"deepspeed.zero_stage={stage}", f"deepspeed.precision={precision}",
+             f"data.stream.num_workers={workers}"]
     ref = tmp_path / "ref"
-    wait_ok(start_ranks(2, tiny_overrides("ssast", tone_shards, ref, steps), tmp_path / "l1"), tmp_path / "l1")
+    wait_ok(start_ranks(2, tiny_overrides(method, tone_shards, ref, steps, extra=extra), tmp_path / "l1"),
+            tmp_path / "l1")
     expected = {m["step"]: m["loss"] for m in read_metrics(ref)}
 
     run = tmp_path / "run"
-    overrides = tiny_overrides("ssast", tone_shards, run, steps, extra=["checkpoint.keep_last=5"])
+    overrides = tiny_overrides(method, tone_shards, run, steps, extra=[*extra, "checkpoint.keep_last=5"])
     procs = start_ranks(2, overrides, tmp_path / "l2")
     deadline = time.time() + 240
     while time.time() < deadline:  # kill both ranks once step 3 is checkpointed and step 5 has run
@@ -66,6 +75,40 @@ def test_kill_mid_run_then_resume_matches_uninterrupted_losses(tmp_path, tone_sh
     assert [m["step"] for m in metrics] == list(range(1, steps + 1))  # each step logged once
     for m in metrics:
         assert m["loss"] == pytest.approx(expected[m["step"]], rel=1e-5, abs=1e-6), m["step"]
+    got, want = (torch.load(d / "encoder.pt", weights_only=False)["state_dict"] for d in (run, ref))
+    for name in want:  # the exported weights too
+        assert torch.allclose(got[name], want[name], rtol=1e-5, atol=1e-6), name
+
+
+def test_a_zero3_export_holds_the_full_tensors_and_fine_tuning_loads_the_zero3_run(tmp_path, tone_shards):
+    """ZeRO-3 partitions every parameter across the ranks: encoder.pt must still hold full tensors, equal to those of
+    a ZeRO-0 run with the same seed, and ckpt=<the ZeRO-3 run folder> (its DeepSpeed checkpoint) must load as well.
+    The rate is ~0: Adam's first steps move every weight by +-lr whatever the gradient's size, so reduction-order
+    noise in near-zero gradients would flip signs; what is compared here is what the partitions gather to."""
+    from finetune.config import load_finetune_config
+    from finetune.train import run as finetune_run
+    from pretrain.pretrained import load_encoder
+
+    runs = {}
+    for stage in (0, 3):
+        run = tmp_path / f"zero{stage}"
+        overrides = tiny_overrides("ssast", tone_shards, run, steps=3, extra=[f"deepspeed.zero_stage={stage}",
+                                                                              "optim.lr=1e-12"])
+        wait_ok(start_ranks(2, overrides, tmp_path / f"l{stage}"), tmp_path / f"l{stage}")
+        runs[stage] = torch.load(run / "encoder.pt", weights_only=False)["state_dict"]
+    assert sorted(runs[3]) == sorted(runs[0])
+    for name, full in runs[0].items():
+        assert runs[3][name].shape == full.shape and torch.allclose(runs[3][name], full, rtol=1e-6, atol=1e-8), name
+    _, from_folder, info = load_encoder(tmp_path / "zero3")  # the DeepSpeed checkpoint, consolidated
+    assert "zero_to_fp32" in " ".join(info["notes"])
+    for name, full in runs[3].items():
+        assert torch.allclose(from_folder[name], full, rtol=1e-6, atol=1e-7), name
+    data = f"{{path: {tone_shards}, split: train}}"
+    summary = finetune_run(load_finetune_config([
+        f"ckpt={tmp_path / 'zero3'}", f"run_dir={tmp_path / 'ft'}", "steps=2", "eval_every=2", f"data.train=[{data}]",
+        "data.stream.clip_seconds=0.5", "data.stream.batch_size=4", "data.stream.num_workers=0",
+        "data.features.target_frames=48", "log.progress=false"]))
+    assert summary["steps"] == 2
 
 
 def test_damaged_checkpoint_is_refused_and_the_previous_one_used(tmp_path, tone_shards):

@@ -48,3 +48,23 @@ def test_dry_run_prints_parameters_and_config_without_submitting(tmp_path, tone_
     assert "tasks_per_node = 2" in r.stderr and "method: ssast" in r.stdout and "audiomae:" not in r.stdout
     assert f"cpus_per_task = {max(1, (os.cpu_count() or 1) // 2)}" in r.stderr  # local tasks share this machine's cores
     assert not run.exists()
+
+
+def test_missing_training_data_and_a_busy_or_mismatched_folder_are_refused_before_queueing(tmp_path, tone_shards):
+    from launch.common.errors import BadInput
+    from launch.runtime.run_folder import RunLock
+
+    run = tmp_path / "run"
+    missing = tiny_overrides("ssast", tmp_path / "nowhere", run, steps=2)
+    with pytest.raises(BadInput, match="nowhere/manifest.json: no manifest"):
+        submit(PRETRAIN, ["--cluster", "local", *missing])
+    assert not run.exists()  # nothing queued, no folder made
+
+    done = tiny_overrides("ssast", tone_shards, run, steps=2)
+    submit(PRETRAIN, ["--cluster", "debug", *done])
+    with RunLock(run):  # another run holds the folder
+        with pytest.raises(BadInput, match="another run is using this folder"):
+            submit(PRETRAIN, ["--cluster", "local", *done])
+    with pytest.raises(BadInput, match=r"holds a run of another config \(data.stream.batch_size: 4 -> 8\)"):
+        submit(PRETRAIN, ["--cluster", "local", *done, "data.stream.batch_size=8"])
+    assert len((run / "jobs.txt").read_text().splitlines()) == 1  # only the debug run was submitted

@@ -88,3 +88,40 @@ def test_old_finetune_and_semisup_folders_keep_their_names():
     assert config_hash(load_finetune_config([])) == "e41b642b"
     assert config_hash(load_finetune_config(["ckpt=none"])) == "21e92005"
     assert config_hash(load_semisup_config([])) == "9f0ebeec"
+
+
+@pytest.mark.parametrize("item,expected", [
+    ("steps=0", "steps=0: expected at least 1"), ("steps=-5", "steps=-5"),
+    ("data.stream.batch_size=0", "data.stream.batch_size=0: expected >= 1"),
+    ("checkpoint.every_steps=0", "checkpoint.every_steps=0: expected >= 1"),
+    ("log.every_steps=0", "log.every_steps=0: expected >= 1"),
+    ("eval_every=-1", "eval_every=-1"), ("data.stream.num_workers=-1", "data.stream.num_workers=-1"),
+    ("data.stream.clip_seconds=0", "data.stream.clip_seconds=0"), ("optim.lr=-1", "optim.lr=-1.0: expected"),
+    ("optim.warmup_steps=-1", "optim.warmup_steps=-1"), ("data.stream.sample_rate=700000", "8000..192000"),
+    ("data.features.freq_mask=-3", "data.features.freq_mask=-3"), ("deepspeed.grad_accum=0", "grad_accum=0"),
+    ("data.synthetic.duration=0", "data.synthetic.duration=0"), ("checkpoint.keep_last=-1", "keep_last=-1")])
+def test_out_of_range_values_are_refused_in_one_line(item, expected):
+    with pytest.raises(BadInput) as e:
+        load_pretrain_config([item])
+    assert expected in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("item,expected", [("eval_every=0", "eval_every=0: expected >= 1"), ("steps=0", "steps=0"),
+                                           ("early_stop=-1", "early_stop=-1"), ("optim.layer_decay=0", "layer_decay"),
+                                           ("augment.mixup=2", "augment.mixup=2"), ("num_classes=1", "num_classes=1"),
+                                           ("encoder.stride_time=0", "encoder.stride_time=0")])
+def test_fine_tuning_ranges(item, expected):
+    with pytest.raises(BadInput) as e:
+        load_finetune_config([item])
+    assert expected in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_config_file_holding_a_list_and_broken_yaml_in_an_override_are_one_line(tmp_path):
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- steps: 3\n- optim: {lr: 1}\n")
+    with pytest.raises(BadInput, match=r"list.yaml: expected a mapping of config keys \(key: value\), got a list"):
+        load_pretrain_config([f"config={listing}"])
+    for item in ("data.train=[{path: /x", "optim.betas=[0.9, 0.95"):
+        with pytest.raises(BadInput) as e:
+            load_pretrain_config([item])
+        assert f"argument {item!r}: the value is not valid YAML" in str(e.value) and "\n" not in str(e.value)

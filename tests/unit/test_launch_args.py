@@ -40,7 +40,10 @@ def test_unknown_flag_and_key_fail_in_one_line_before_submitting(tmp_path):
     for extra, expected in ((["--nodez", "4"], "unknown option '--nodez'"),
                             (["optim.lrr=1"], "optim.lrr"),
                             (["optim.lr=fast"], "optim.lr"),
-                            (["steps"], "expected key=value")):
+                            (["steps"], "expected key=value"),
+                            (["--nodes", "0"], "--nodes 0: expected an integer >= 1"),
+                            (["--nodes", "-2"], "--nodes -2: expected an integer >= 1"),
+                            (["steps=0"], "steps=0: expected at least 1 optimizer step")):
         r = subprocess.run([sys.executable, "launch/pretrain.py", "--cluster", "local", "--dry-run", *extra],
                            cwd=REPO, capture_output=True, text=True, timeout=120)
         assert r.returncode == 2, r.stderr

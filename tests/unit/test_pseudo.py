@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 from pathlib import Path
 
@@ -291,3 +292,53 @@ def test_selection_rows_beyond_keys_are_refused(source, tmp_path):
     bad = Selection(np.array([len(keys)]), np.array([0]), np.array([0.9]))
     with pytest.raises(BadInput, match="beyond"):
         write_pseudo_shards(source, "train", keys, bad, probs, CLASSES, tmp_path / "x", "t.pt", cfg())
+
+
+def _damaged_copy(source: Path, out: Path) -> Path:
+    """The source split with the audio of one clip removed (its .flac member dropped) and a tar cut in half."""
+    import shutil
+    import tarfile
+
+    shutil.copytree(source, out)
+    first = out / "train-000000.tar"
+    with tarfile.open(first) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    dropped = next(m.name for m, _ in members if m.name.endswith(".flac"))
+    with tarfile.open(first, "w") as tar:
+        for m, data in members:
+            if m.name != dropped:
+                tar.addfile(m, io.BytesIO(data))
+    cut = out / "train-000002.tar"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    return out
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+def test_clips_the_teacher_could_not_read_count_as_unpredicted_and_nothing_writes_to_a_closed_file(source, tmp_path):
+    damaged = _damaged_copy(source, tmp_path / "damaged")
+    shard_set = open_shard_set(ShardSetConfig(path=str(damaged)))
+    keys = [k for b in eval_batches(shard_set, StreamConfig(clip_seconds=0.25, batch_size=4), num_workers=0)
+            for k, valid in zip(b.keys, b.valid.tolist()) if valid]  # what a real prediction pass predicts
+    assert 0 < len(keys) < shard_set.num_clips - 1  # the missing audio and part of the cut tar are not predicted
+    by_key = {x["__key__"]: x for x in source_samples(source)}
+    _, probs, _ = teacher([by_key[k] for k in keys])
+    conf = cfg(threshold=None)
+    manifest = write_pseudo_shards(damaged, "train", keys, select(probs, conf), probs, CLASSES, tmp_path / "p", "t.pt",
+                                   conf, shard_size=3)
+    assert manifest["pseudo"]["unpredicted"] == shard_set.num_clips - len(keys)
+    assert manifest["splits"]["pseudo"]["count"] == len(keys)
+    assert [d.split(":")[0] for d in manifest["pseudo"]["damaged_shards"]] == [str(damaged / "train-000002.tar")]
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+def test_a_full_disk_mid_write_is_one_line_and_leaves_no_tar(source, tmp_path):
+    from tests.fixtures.mounts import tmpfs
+
+    keys, probs, _ = teacher(source_samples(source))
+    conf = cfg(threshold=None)
+    with tmpfs(tmp_path / "disk", "40k") as disk:
+        with pytest.raises(BadInput) as e:
+            write_pseudo_shards(source, "train", keys, select(probs, conf), probs, CLASSES, disk / "p", "t.pt", conf,
+                                shard_size=2)
+        assert "the disk is full" in str(e.value) and "\n" not in str(e.value)
+        assert not list(disk.rglob("*.tar")) and not (disk / "p" / "manifest.json").exists()

@@ -27,6 +27,7 @@ from launch.common.files import atomic_write, replacing
 from shards.cli import main as build_main
 from shards.clip import Clip
 from shards.stream import ShardSetConfig, StreamConfig, eval_batches, failure_limit, open_shard_set, train_loader
+from tests.fixtures.mounts import tmpfs
 from tests.fixtures.tiny_corpus import build_tiny
 
 REPO = Path(__file__).resolve().parents[2]
@@ -289,22 +290,6 @@ def test_out_that_is_a_file_or_under_a_file(tmp_path, capsys):
     assert rc == 2 and error_line(err) == (f"error: {file / 'sub'}: {file} is a file, not a folder; expected a path "
                                            "whose parents are folders")
     assert file.read_text() == "precious"
-
-
-@contextlib.contextmanager
-def tmpfs(path: Path, size: str, *options: str):
-    """A real tmpfs mounted at ``path`` (root only: skips the test elsewhere)."""
-    path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join([f"size={size}", *options]), "tmpfs", str(path)],
-                       capture_output=True, text=True)
-    if r.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 @contextlib.contextmanager
