@@ -301,3 +301,24 @@ def test_a_teacher_whose_best_pt_is_junk_is_one_line(pretrained, tone_shards, tm
     with pytest.raises(BadInput, match=r"junk/best.pt: cannot be read as a torch checkpoint") as e:
         semisup_run(load_semisup_config(args))
     assert "\n" not in str(e.value)
+
+
+def test_fine_tuning_validation_is_the_same_for_any_batch_size_rank_count_and_workers(pretrained, tmp_path):
+    """The validation accuracy (and the test report) is over real clips only: 20 clips in batches of 16 on one rank
+    (12 padded rows), or 5 per batch on 2 ranks with 2 workers each (none padded), give the same numbers."""
+    from tests.integration.conftest import start_ranks, wait_ok
+
+    val = tmp_path / "val"
+    build_tiny(val, n=20, shard_size=6, seconds=0.5)
+    found = {}
+    for world, batch, workers in ((1, 16, 0), (2, 5, 2)):
+        run = tmp_path / f"w{world}"
+        args = _ft_args(pretrained, run, val, steps=1, extra=[
+            "eval_every=1", "optim.lr=1e-12", "optim.min_lr=0", "optim.warmup_steps=0", f"data.stream.batch_size={batch}",
+            f"data.stream.num_workers={workers}"])
+        wait_ok(start_ranks(world, args, tmp_path / f"l{world}", "finetune.train"), tmp_path / f"l{world}")
+        (record,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        report = json.loads((run / "metrics.json").read_text())
+        found[world] = (record["val_accuracy"], report["num_clips"], report["accuracy"], report["log_loss"])
+    assert found[1][1] == 20 and found[1][:3] == found[2][:3]
+    assert found[1][3] == pytest.approx(found[2][3], rel=1e-5)
