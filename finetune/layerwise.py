@@ -6,12 +6,15 @@ from pathlib import Path
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
-from finetune.train import ENTRY  # noqa: E402  (the task this command runs)
-from launch.submit import main as submit_main  # noqa: E402
+from launch.submit import Entry  # noqa: E402
+
+# The task this command runs, named, not imported: `--help` answers at once, the job imports it where it runs.
+ENTRY = Entry("finetune/layerwise.py", config="finetune.config:load_finetune_config", run_dir="finetune.config:resolve_run_dir",
+              target="finetune.train:run", prepare="finetune.train:prepare")
 
 
 def main(argv: list[str] | None = None) -> int:
-    return submit_main(ENTRY, argv)
+    return ENTRY.main(argv)
 
 
 if __name__ == "__main__":

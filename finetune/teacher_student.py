@@ -30,7 +30,6 @@ from launch.common.errors import BadInput, cli
 from launch.common.files import atomic_write
 from launch.runtime import checkpoints, distributed, run_folder
 from launch.runtime.config import check, merge_config
-from launch.submit import Entry
 from shards.default import ensure_synthetic
 from shards.features import build_features
 from shards.stream import ShardSetConfig, open_shard_set
@@ -115,22 +114,13 @@ ROUND_OUTPUTS = ("semisup.json",)
 def run(cfg: SemiSupConfig, stop=None) -> dict[str, Any]:
     env, _ = distributed.setup(cfg.deepspeed.backend)
     root = resolve_semisup_dir(cfg)
-    lock = run_folder.RunLock(root)
-    refusal = ""
-    if env.is_main:  # one pipeline per folder; a fresh start moves every round aside
-        try:
-            lock.acquire()
-            if cfg.checkpoint.resume == "never":
-                run_folder.move_to_previous(root, [*ROUND_OUTPUTS, *(p.name for p in sorted(root.glob("round*")))])
-        except BadInput as e:
-            lock.release()
-            refusal = str(e)
-    if not distributed.all_ranks(not refusal):
-        raise BadInput(refusal or f"{root}: rank 0 refused the run folder (its log says why)")
-    try:
+
+    def fresh_start() -> None:  # a fresh start moves every round aside, not only the runs inside them
+        if run_folder.resume_mode(cfg.checkpoint.resume) == "never":
+            run_folder.move_to_previous(root, [*ROUND_OUTPUTS, *(p.name for p in sorted(root.glob("round*")))])
+
+    with run_folder.held(root, env.is_main, fresh_start):  # one pipeline per folder
         return _rounds(cfg, root, stop)
-    finally:
-        lock.release()
 
 
 def _rounds(cfg: SemiSupConfig, root: Path, stop) -> dict[str, Any]:
@@ -212,13 +202,8 @@ def _print_rows(rows: list[dict[str, Any]], root: Path, console: Any) -> None:
     console.print(table)
 
 
-def _prepare(cfg: SemiSupConfig) -> None:
+def prepare(cfg: SemiSupConfig) -> None:
     resolve_semisup_data(cfg)  # builds the default corpus and checks the unlabelled set before anything is queued
-
-
-ENTRY = Entry("finetune/pseudolabel.py", load_semisup_config, resolve_semisup_dir, "finetune.teacher_student:run",
-              _prepare)
-"""The launcher's view of the semi-supervised pipeline (``python finetune/pseudolabel.py``, ``tessera-pseudolabel``)."""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,6 @@ from finetune.config import FinetuneConfig, load_finetune_config, resolve_run_di
 from finetune.model import build_classifier, finetune_groups
 from launch.common.errors import BadInput, cli
 from launch.runtime import checkpoints, distributed, loop
-from launch.submit import Entry
 from pretrain.masking import mae_mask_2d
 from shards.default import ensure_synthetic
 from shards.features import build_features
@@ -256,12 +255,8 @@ def report(ctx: loop.Context, step: int, pred: dict, classes: list[str], cfg: Fi
     return M.headline(metrics)
 
 
-def _prepare(cfg: FinetuneConfig) -> None:
+def prepare(cfg: FinetuneConfig) -> None:
     resolve_data(cfg)  # checks the data (and builds the synthetic corpus) before anything is queued
-
-
-ENTRY = Entry("finetune/layerwise.py", load_finetune_config, resolve_run_dir, "finetune.train:run", _prepare)
-"""The launcher's view of fine-tuning (``python finetune/layerwise.py``, ``tessera-finetune``)."""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ is and what every task of the job calls); this module imports no task package.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import re
 import shutil
@@ -29,18 +30,37 @@ JOBS_FILE = "jobs.txt"
 """The run folder's record of the jobs submitted for it (job id, cluster, time)."""
 
 
-@dataclass
+def resolve(ref: str) -> Callable[..., Any]:
+    """``"module:function"`` -> the function (imported only when a command needs it: ``--help`` stays instant)."""
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True)
 class Entry:
-    """One command: how to read its config, where its run folder is, what each task runs."""
+    """One command, as its entry script declares it: each field but ``script`` is a ``"module:function"`` reference
+    into the task package, imported when the command runs (this module imports no task package)."""
 
     script: str
     """The entry script, relative to the repository root (``finetune/layerwise.py``): usage lines and job names."""
-    load_config: Callable[[list[str]], Any]
-    run_dir: Callable[[Any], Path]
+    config: str
+    """``function(argv) -> cfg``: reads the ``key=value`` items into the typed config."""
+    run_dir: str
+    """``function(cfg) -> Path``: the run folder."""
     target: str
-    """``module:function`` called as ``function(cfg, stop=event)`` in every task."""
-    prepare: Callable[[Any], None] | None = None
-    """Runs once on the submitting machine before queueing (e.g. builds the default data)."""
+    """``function(cfg, stop=event)``, called in every task of the job."""
+    prepare: str | None = None
+    """``function(cfg)``, run once on the submitting machine before queueing (checks data, builds the default)."""
+
+    def load_config(self, argv: list[str]) -> Any:
+        return resolve(self.config)(argv)
+
+    def folder(self, cfg: Any) -> Path:
+        return resolve(self.run_dir)(cfg)
+
+    def main(self, argv: list[str] | None = None) -> int:
+        """The command: ``python <script> [flags] [key=value ...]`` (and its console script)."""
+        return cli(submit, self, argv)
 
 
 def make_parser(prog: str) -> argparse.ArgumentParser:
@@ -129,7 +149,7 @@ def submit(entry: Entry, argv: list[str] | None = None, prog: str | None = None)
         if value is not None and value < low:
             raise BadInput(f"{flag} {value}: expected an integer >= {low}")
     cfg = entry.load_config(rest)
-    run_dir = entry.run_dir(cfg)
+    run_dir = entry.folder(cfg)
     cfg.run_dir = str(run_dir)  # every task, on every node, uses the same absolute folder
     cluster = args.cluster or ("slurm" if slurm_answers() else "local")
     gpus = args.gpus_per_node if args.gpus_per_node is not None else 0
@@ -165,7 +185,7 @@ def submit(entry: Entry, argv: list[str] | None = None, prog: str | None = None)
 
     preflight(run_dir, cfg, cluster)
     if entry.prepare:
-        entry.prepare(cfg)
+        resolve(entry.prepare)(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not run_folder.holds_run(run_dir):  # for the user to read while the job waits; a run writes its own
         atomic_write(run_dir / run_folder.CONFIG_FILE, to_yaml(cfg))
@@ -222,7 +242,3 @@ def _follow(job, console) -> Any:
     results = job.results()
     console.print(f"[bold green]job {job.job_id} finished[/] ({len(results)} task(s))")
     return results
-
-
-def main(entry: Entry, argv: list[str] | None = None) -> int:
-    return cli(submit, entry, argv)

@@ -23,7 +23,6 @@ from launch.common.seeds import derive_seed
 from launch.runtime import checkpoints, distributed, loop
 from launch.runtime.config import config_hash
 from launch.runtime.engine import full_state_dict
-from launch.submit import Entry
 from pretrain.config import PretrainConfig, load_pretrain_config
 from shards.default import ensure_synthetic, synthetic_dir
 from shards.features import build_features
@@ -163,7 +162,7 @@ def run(cfg: PretrainConfig, stop=None) -> dict[str, Any]:
     return loop.run(PretrainTask(cfg), cfg, stop)
 
 
-def _prepare(cfg: PretrainConfig) -> None:
+def prepare(cfg: PretrainConfig) -> None:
     """Before anything is queued: the default corpus built (once, here), every shard set opened (a missing path or
     manifest is one line now, not a failed job), the validation split checked."""
     for s in resolve_data(cfg):
@@ -171,10 +170,6 @@ def _prepare(cfg: PretrainConfig) -> None:
     val = resolve_val(cfg)  # a plateau schedule without validation data is refused
     if val is not None:
         open_eval_split(val, "data.val")
-
-
-ENTRY = Entry("launch/pretrain.py", load_pretrain_config, resolve_run_dir, "pretrain.train:run", _prepare)
-"""The launcher's view of pretraining (``python launch/pretrain.py``, ``tessera-pretrain``)."""
 
 
 def main(argv: list[str] | None = None) -> int:

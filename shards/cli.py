@@ -11,11 +11,12 @@ import sys
 from pathlib import Path
 
 from launch.common.errors import BadInput
-from shards.audio import SAMPLE_RATES
 from shards.sources import SOURCES, get_source
 
 
 def check_sample_rate(rate: int) -> int:
+    from shards.audio import SAMPLE_RATES  # here, not at the top: shards.audio loads torch, `--help` need not
+
     low, high = SAMPLE_RATES
     if not low <= rate <= high:
         raise BadInput(f"--sample-rate {rate}: expected a rate in Hz between {low} and {high} (e.g. 16000 or 32000)")

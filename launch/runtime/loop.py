@@ -183,26 +183,13 @@ def run(task: Task, cfg: RunConfig, stop: Any = None) -> dict[str, Any]:
     env, device = distributed.setup(cfg.deepspeed.backend)
     console = Console(stderr=True, quiet=not env.is_main)
     ctx = Context(env, device, DTYPES[cfg.deepspeed.precision], task.run_dir, console)
-    lock = run_folder.RunLock(task.run_dir)
-    refusal = ""
-    if env.is_main:
-        try:
-            lock.acquire()
-            _open_folder(task.run_dir, cfg, console)
-        except BadInput as e:
-            lock.release()
-            refusal = str(e)
-    if not distributed.all_ranks(not refusal):
-        raise BadInput(refusal or f"{task.run_dir}: rank 0 refused the run folder (its log says why)")
-    try:
+    with run_folder.held(task.run_dir, env.is_main, lambda: _open_folder(task.run_dir, cfg, console)) as lock:
         return _train(task, cfg, ctx, lock, stop)
-    finally:
-        lock.release()
 
 
 def _open_folder(run_dir: Path, cfg: RunConfig, console: Any) -> None:
     """Rank 0, holding the lock: the same config or a fresh start on request, then the resolved config.yaml."""
-    if cfg.checkpoint.resume == "never":
+    if run_folder.resume_mode(cfg.checkpoint.resume) == "never":
         moved = run_folder.move_to_previous(run_dir)
         if moved:
             console.print(f"fresh start (checkpoint.resume=never): the previous run is now in {moved}")
@@ -215,8 +202,9 @@ def _resume(built: Engine, cfg: RunConfig, ctx: Context) -> LoopState:
     """The newest complete checkpoint (or the one asked for), and what lies beyond it moved aside."""
     ckpt_dir = task_ckpt_dir(ctx.run_dir)
     state = LoopState()
-    if cfg.checkpoint.resume != "never":
-        explicit = None if cfg.checkpoint.resume == "auto" else cfg.checkpoint.resume
+    resume = run_folder.resume_mode(cfg.checkpoint.resume)
+    if resume != "never":
+        explicit = None if resume == "auto" else resume
         resumed = checkpoints.resume(built.engine, ckpt_dir, explicit)
         if resumed:
             step, client = resumed

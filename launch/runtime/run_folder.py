@@ -9,7 +9,7 @@
   ``early_stop`` may change: extending a run is allowed; where to write and how often to log never matter).
   Another config (another model size, other classes) is refused in one line naming the first differences.
 * **A fresh start** (``checkpoint.resume=never``) moves what the folder held to ``<run>/previous/<time>/``:
-  nothing written is ever deleted or overwritten.
+  nothing written is ever deleted or overwritten. It happens once per job: a requeued attempt resumes.
 """
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ import os
 import socket
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from launch.common.errors import BadInput
 from launch.runtime.config import HASH_IGNORED
@@ -135,6 +136,30 @@ class RunLock:
         self.release()
 
 
+@contextmanager
+def held(run_dir: Path, is_main: bool, prepare: Callable[[], None] | None = None) -> Iterator[RunLock]:
+    """Hold ``run_dir`` for a run on every rank: rank 0 takes the lock and, holding it, runs ``prepare`` (config
+    check, fresh start); every rank raises the same refusal when either fails (collective), and the lock is released
+    when the block ends, however it ends."""
+    from launch.runtime import distributed
+
+    lock, refusal = RunLock(run_dir), ""
+    if is_main:
+        try:
+            lock.acquire()
+            if prepare is not None:
+                prepare()
+        except BadInput as e:
+            lock.release()
+            refusal = str(e)
+    if not distributed.all_ranks(not refusal):
+        raise BadInput(refusal or f"{run_dir}: rank 0 refused the run folder (its log says why)")
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
 def check_free(run_dir: Path) -> None:
     """Refuse in one line when a live run holds ``run_dir`` (the launcher asks before queueing a job)."""
     lock = RunLock(run_dir)
@@ -193,12 +218,21 @@ def check_same_config(run_dir: Path, tree: Mapping[str, Any]) -> None:
                        "or give another run_dir")
 
 
+def resume_mode(resume: str) -> str:
+    """``checkpoint.resume`` as this attempt of the job must read it: a job that SLURM requeued (preempted, or at its
+    time limit) made its fresh start in its first attempt, so it resumes ("auto") instead of starting over again."""
+    if resume == "never" and int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0:
+        return "auto"
+    return resume
+
+
 def move_to_previous(run_dir: Path, outputs: Iterable[str] = RUN_OUTPUTS) -> Path | None:
     """A fresh start: move what ``run_dir`` holds of a run to ``previous/<time>/``; returns that folder (None when
-    there was nothing)."""
-    present = [run_dir / name for name in outputs if (run_dir / name).exists()]
-    if not present:
+    it held no run: a config.yaml the launcher wrote while the job waited stays where it is)."""
+    outputs = list(outputs)
+    if not holds_run(run_dir, outputs):
         return None
+    present = [run_dir / name for name in outputs if (run_dir / name).exists()]
     target = run_dir / PREVIOUS / time.strftime("%Y%m%d-%H%M%S")
     while target.exists():
         target = target.with_name(target.name + "-1")

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory, tone_shards) -> Path:
     """A 3-step tiny SSAST pretraining run (its encoder.pt is what fine-tuning loads)."""
-    from pretrain.train import ENTRY as PRETRAIN
+    from launch.pretrain import ENTRY as PRETRAIN
     from launch.submit import submit
 
     run = tmp_path_factory.mktemp("pre") / "run"

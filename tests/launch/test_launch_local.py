@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pretrain.train import ENTRY as PRETRAIN
+from launch.pretrain import ENTRY as PRETRAIN
 from launch.submit import submit
 from tests.fixtures.pretrain_runs import read_metrics, tiny_overrides
 

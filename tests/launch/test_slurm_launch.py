@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import submitit
 
+from finetune.layerwise import ENTRY as FINETUNE
 from launch.common.errors import BadInput
-from finetune.train import ENTRY as FINETUNE
-from pretrain.train import ENTRY as PRETRAIN
+from launch.pretrain import ENTRY as PRETRAIN
 from launch.submit import submit
 from tests.fixtures.pretrain_runs import read_metrics, tiny_overrides
 
@@ -152,14 +152,15 @@ def test_sigusr2_checkpoints_requeues_and_pretraining_ends_as_if_uninterrupted(s
     run = tmp_path / "run"
     overrides = tiny_overrides(method, tone_shards, run, steps=40,
                                extra=["checkpoint.every_steps=1000", "checkpoint.keep_last=3", "eval_every=10",
-                                      f"data.val={{path: {tone_shards}, split: train}}"])
+                                      f"data.val={{path: {tone_shards}, split: train}}",
+                                      "checkpoint.resume=never"])  # a fresh start, once: the requeued job resumes
     job = _submit(PRETRAIN, slurm_cluster, ["--nodes", "2", *overrides])
     _preempt(slurm_cluster, job, run, after_lines=4)
     reference = _Reference("pretrain.train", overrides, tmp_path / "ref", tmp_path / "ref-logs")
     slurm_cluster.wait(job, timeout_s=300)
     ref = reference.wait()
     log = _rank0_log(run, job)
-    assert "stopping at step" in log and "resumed from" in log
+    assert "stopping at step" in log and "resumed from" in log and not (run / "previous").exists()
     stopped = [p for p in (run / "checkpoints").iterdir() if p.name.startswith("step_") and p.name != "step_00000040"]
     assert len(stopped) == 1 and (stopped[0] / "COMPLETE").exists()  # the checkpoint saved at the signal
     _same_run(run, ref)
@@ -230,7 +231,7 @@ def test_sigusr2_preempted_finetuning_ends_with_the_uninterrupted_checkpoint_and
 def test_sigusr2_preempted_teacher_and_student_end_as_if_uninterrupted(slurm_cluster, tone_shards, encoder,
                                                                         tmp_path):
     """A semi-supervised job preempted twice: once while its teacher trains, once while its student does."""
-    from finetune.teacher_student import ENTRY as PSEUDOLABEL
+    from finetune.pseudolabel import ENTRY as PSEUDOLABEL
 
     run = tmp_path / "semi"
     overrides = [*_ft_overrides(encoder, run, tone_shards, steps=20), f"unlabelled={{path: {tone_shards}, split: "
