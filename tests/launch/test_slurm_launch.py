@@ -175,7 +175,7 @@ def test_a_task_killed_with_sigkill_fails_the_job_instead_of_hanging(slurm_clust
     victims = _task_pids(job.job_id)
     assert victims, "no task process found"
     os.kill(victims[-1], signal.SIGKILL)
-    job._results_timeout_s = 5
+    job._results_timeout_s = 1  # submitit waits this long per missing result file before it raises
     slurm_cluster.wait(job, timeout_s=180)
     with pytest.raises(submitit.core.utils.UncompletedJobError):
         job.result()
