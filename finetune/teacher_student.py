@@ -112,7 +112,7 @@ ROUND_OUTPUTS = ("semisup.json",)
 
 
 def run(cfg: SemiSupConfig, stop=None) -> dict[str, Any]:
-    env, _ = distributed.setup(cfg.deepspeed.backend)
+    env, device = distributed.setup(cfg.deepspeed.backend)
     root = resolve_semisup_dir(cfg)
 
     def fresh_start() -> None:  # a fresh start moves every round aside, not only the runs inside them
@@ -120,13 +120,12 @@ def run(cfg: SemiSupConfig, stop=None) -> dict[str, Any]:
             run_folder.move_to_previous(root, [*ROUND_OUTPUTS, *(p.name for p in sorted(root.glob("round*")))])
 
     with run_folder.held(root, env.is_main, fresh_start):  # one pipeline per folder
-        return _rounds(cfg, root, stop)
+        return _rounds(cfg, root, env, device, stop)
 
 
-def _rounds(cfg: SemiSupConfig, root: Path, stop) -> dict[str, Any]:
+def _rounds(cfg: SemiSupConfig, root: Path, env: distributed.DistEnv, device: torch.device, stop) -> dict[str, Any]:
     from rich.console import Console
 
-    env, device = distributed.setup(cfg.deepspeed.backend)
     console = Console(stderr=True, quiet=not env.is_main)
     data, unlabelled = resolve_semisup_data(cfg)
     labelled = list(data.train)

@@ -348,7 +348,10 @@ def _validate(task: Task, cfg: RunConfig, ctx: Context, built: Engine, state: Lo
                           f"{cfg.optim.plateau_patience + 1} validations; lr x {cfg.optim.plateau_factor}")
     sel = task.selection
     if sel is not None:
-        value = watched(scores, cfg.optim) if sel.metric not in scores else scores[sel.metric]
+        if sel.metric not in scores:
+            raise BadInput(f"the task selects its best weights on {sel.metric}, but its validation gives "
+                           f"{', '.join(sorted(scores)) or 'nothing'}")
+        value = scores[sel.metric]
         if sel.better(value, state.best):
             state.best, state.bad_evals = value, 0
             task.save_best(ctx, built.engine, state.step, scores)
