@@ -8,6 +8,7 @@ any process group or GPU starts. Code receives plain dataclasses (``OmegaConf.to
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -213,9 +214,62 @@ HASH_IGNORED = ("run_dir", "checkpoint", "log")
 """Groups that never change a result (where to write, how often to save and log): left out of the run's hash."""
 
 
+SINCE = "tessera_since"
+"""Field metadata key of :func:`since`: the version that added the field."""
+
+
+def since(version: str, default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A config field added in ``version``: while it holds its default it is left out of :func:`config_hash`, so a
+    new option does not rename the run folders of every existing config (old runs still resume).
+
+    ``compile: bool = since("0.2", False)``; ``irs: IRConfig = since("0.2", default_factory=IRConfig)``.
+    """
+    if (default is dataclasses.MISSING) == (default_factory is dataclasses.MISSING):
+        raise TypeError("since(): give exactly one of default and default_factory")
+    meta = {SINCE: version}
+    if default_factory is dataclasses.MISSING:
+        return dataclasses.field(default=default, metadata=meta)
+    return dataclasses.field(default_factory=default_factory, metadata=meta)
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def _drop_new_defaults(obj: Any, tree: Any) -> None:
+    """Remove from ``tree`` (the container of dataclass ``obj``) every :func:`since` field that holds its default,
+    recursing into nested dataclasses and lists of them."""
+    if not dataclasses.is_dataclass(obj) or not isinstance(tree, dict):
+        return
+    for f in dataclasses.fields(obj):
+        if f.name not in tree:
+            continue
+        value = getattr(obj, f.name)
+        if SINCE in f.metadata and _plain(value) == _plain(_default_of(f)):
+            del tree[f.name]
+        elif isinstance(value, (list, tuple)) and isinstance(tree[f.name], list):
+            for item, sub in zip(value, tree[f.name]):
+                _drop_new_defaults(item, sub)
+        else:
+            _drop_new_defaults(value, tree[f.name])
+
+
+def _plain(value: Any) -> Any:
+    """Compare configs by content: dataclasses as dicts, tuples as lists."""
+    if dataclasses.is_dataclass(value):
+        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 def config_hash(cfg: Any, ignore: Sequence[str] = HASH_IGNORED) -> str:
-    """A short signature of everything that changes the result (dora's idea): same config, same run folder."""
+    """A short signature of everything that changes the result (dora's idea): same config, same run folder.
+
+    Fields added later (:func:`since`) count only once they differ from their default."""
     tree = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    if not isinstance(cfg, DictConfig):
+        _drop_new_defaults(cfg, tree)
     for key in ignore:
         tree.pop(key, None)
     return hashlib.sha1(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:8]

@@ -1,6 +1,7 @@
 """The config trees: every YAML loads, overrides are checked, and the schema grows only on purpose."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ from omegaconf import OmegaConf
 from finetune.config import FinetuneConfig, load_finetune_config
 from finetune.teacher_student import SemiSupConfig
 from launch.common.errors import BadInput
-from launch.runtime.config import config_hash, to_yaml
+from launch.runtime.config import config_hash, since, to_yaml
 from pretrain.config import CONFIG_DIR, PretrainConfig, load_pretrain_config
 
 SNAPSHOT = Path(__file__).with_name("config_keys.txt")
@@ -44,6 +45,41 @@ def test_bad_overrides_are_one_line(item, expected):
 def test_config_hash_names_the_run_by_what_changes_results():
     a, b = load_pretrain_config([]), load_pretrain_config(["log.every_steps=1", "checkpoint.keep_last=9"])
     assert config_hash(a) == config_hash(b) != config_hash(load_pretrain_config(["optim.lr=1e-3"]))
+
+
+@dataclass
+class _Inner:
+    a: int = 1
+
+
+@dataclass
+class _Old:
+    x: int = 3
+    inner: _Inner = field(default_factory=_Inner)
+    items: list[_Inner] = field(default_factory=lambda: [_Inner()])
+
+
+@dataclass
+class _NewInner(_Inner):
+    b: bool = since("0.2", False)
+
+
+@dataclass
+class _New:
+    """_Old, after a release added ``inner.b``, ``items[].b`` and ``extra``."""
+
+    x: int = 3
+    inner: _NewInner = field(default_factory=_NewInner)
+    items: list[_NewInner] = field(default_factory=lambda: [_NewInner()])
+    extra: _Inner = since("0.2", default_factory=_Inner)
+
+
+def test_a_field_added_later_keeps_old_hashes_until_it_is_changed():
+    """``since`` fields: the hash of a config that leaves them at their default is the hash it had before."""
+    assert config_hash(_New()) == config_hash(_Old())
+    assert config_hash(_New(inner=_NewInner(b=True))) != config_hash(_Old())
+    assert config_hash(_New(items=[_NewInner(b=True)])) != config_hash(_Old())
+    assert config_hash(_New(extra=_Inner(a=2))) != config_hash(_Old())
 
 
 def _keys(schema) -> list[str]:
