@@ -146,9 +146,10 @@ def _equal_files(a: Path, b: Path, key: str = "state_dict") -> None:
         assert torch.allclose(x[name].float(), y[name].float(), rtol=1e-5, atol=1e-6), name
 
 
-@pytest.mark.parametrize("method", ["ssast", "audiomae"])
-def test_sigusr2_checkpoints_requeues_and_pretraining_ends_as_if_uninterrupted(slurm_cluster, tone_shards, tmp_path,
-                                                                             method):
+def test_sigusr2_checkpoints_requeues_and_pretraining_ends_as_if_uninterrupted(slurm_cluster, tone_shards, tmp_path):
+    """The warned preemption (``--signal=USR2``) of an Audio-MAE run; SSAST takes the same loop and job wrapper (its
+    requeue is the test above), so one method is enough here."""
+    method = "audiomae"
     run = tmp_path / "run"
     overrides = tiny_overrides(method, tone_shards, run, steps=40,
                                extra=["checkpoint.every_steps=1000", "checkpoint.keep_last=3", "eval_every=10",
