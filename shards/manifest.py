@@ -3,6 +3,8 @@
 The manifest is written by ``shards/build.py`` (and by the pseudo-label writer) and read by the stream, a resumed
 build, ``shards.norm_stats`` and the embedded default data. A hand-edited, truncated or foreign file must stop them
 with ``BadInput("path: what is wrong; expected ...")``, never with a ``KeyError`` deep inside a DataLoader worker.
+A manifest may also be a URL (``http(s)://``, ``s3://``, ``gs://``, ``pipe:``): fetched with retries, and one line
+naming the URL when it cannot be.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from launch.common.errors import BadInput
+from shards.remote import RemoteError, RetryPolicy, fetch, is_remote
 
 MANIFEST = "manifest.json"
 _EXPECTED = ('expected the manifest.json that shards/build.py writes: {"splits": {SPLIT: {"shards": '
@@ -41,16 +44,34 @@ def _check_split(path: Path, name: str, entry: Any, default_rate: Any) -> None:
         raise BadInput(f"{where}: \"sample_rate\" is {rate!r}; expected the shards' rate in Hz (a positive integer)")
 
 
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    """The manifest at ``path``, checked: a JSON object whose ``splits`` each list ``shards`` with ``file`` and
-    ``count`` and have a sample rate. Raises :class:`BadInput` naming the file (and line for invalid JSON)."""
-    path = Path(path)
+def _read_bytes(path: str | Path, retry: RetryPolicy | None) -> tuple[str | Path, bytes]:
+    """``(path as named in messages, its bytes)``: a local file, or a URL fetched with retries (:mod:`shards.remote`).
+    Raises :class:`BadInput` in one line naming the file or URL."""
+    if not is_remote(str(path)):
+        path = Path(path)
+        try:
+            return path, path.read_bytes()
+        except FileNotFoundError:
+            raise BadInput(f"{path}: no manifest (is {path.parent} a complete shards/build.py output?)") from None
+        except OSError as e:
+            raise BadInput(f"{path}: cannot read the manifest ({e.strerror})") from None
+    url = str(path)
     try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise BadInput(f"{path}: no manifest (is {path.parent} a complete shards/build.py output?)") from None
-    except OSError as e:
-        raise BadInput(f"{path}: cannot read the manifest ({e.strerror})") from None
+        return url, fetch(url, retry or RetryPolicy())
+    except RemoteError as e:
+        if e.missing:
+            raise BadInput(f"{url}: no manifest ({e.reason}; is the shard set URL right, and the set a complete "
+                           "shards/build.py output?)") from None
+        raise BadInput(f"{url}: cannot fetch the manifest ({e.reason})") from None
+
+
+def read_manifest(path: str | Path, retry: RetryPolicy | None = None) -> dict[str, Any]:
+    """The manifest at ``path`` (a file, or a URL read with ``retry``), checked: a JSON object whose ``splits`` each
+    list ``shards`` with ``file`` and ``count`` and have a sample rate. Raises :class:`BadInput` naming the file or URL
+    (and line for invalid JSON)."""
+    path, data = _read_bytes(path, retry)
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise BadInput(f"{path}: byte {e.start} is not UTF-8; {_EXPECTED}") from None
     try:

@@ -24,6 +24,12 @@ A sample whose audio cannot be decoded is skipped with a warning and counted (``
 that shard early. Neither stops training, but a shard set none of whose drawn shards gives a sample (every tar
 deleted, empty or damaged) stops it with one line instead of waiting forever. In evaluation a damaged sample or the
 clips lost to a truncated tar stay as invalid rows at their own index (``Batch.index``), so the pass stays exact.
+
+**Remote shard sets.** A shard set ``path`` may be a URL (``http(s)://``, ``s3://``, ``gs://``) or WebDataset's
+``pipe:`` form (:mod:`shards.remote`): the manifest is fetched from the same base and the shards are streamed, each
+opened inside the worker that reads it. A transient error is retried from the byte reached (``read_retries``,
+``retry_backoff_s``, ``read_timeout_s`` of :class:`StreamConfig`), so both readers give exactly what they give on a
+local copy; past the retries the shard ends like a truncated tar and is counted.
 """
 from __future__ import annotations
 
@@ -42,7 +48,9 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from launch.common.errors import BadInput, check
+from launch.common.fields import since
 from launch.common.seeds import derive_seed
+from shards import remote
 from shards.audio import SAMPLE_RATES, decode_flac
 from shards.manifest import MANIFEST, read_manifest
 
@@ -58,7 +66,9 @@ class ShardSetConfig:
     """One shard set: a folder written by ``shards/build.py`` (with manifest.json) and one of its splits."""
 
     path: str = "???"
-    """Folder holding manifest.json and the {split}-NNNNNN.tar shards."""
+    """Folder holding manifest.json and the {split}-NNNNNN.tar shards, or the same folder as a URL: http(s)://,
+    s3://, gs:// (fsspec or the aws / gsutil command line), or ``pipe:CMD`` with ``{}`` for the file name
+    (``pipe:curl -s -f https://host/set/{}``)."""
     split: str = "train"
     """Which split of that folder."""
     weight: float = 1.0
@@ -84,6 +94,14 @@ class StreamConfig:
     """A worker's stream is re-seeded every this many of its batches; a resume replays at most one segment."""
     seed: int = 0
     """Seed of every random choice in the stream."""
+    read_retries: int = since("0.2", 5)
+    """Remote shard sets: retries of one shard or manifest after transient errors (connection reset, HTTP 5xx, a
+    truncated body, a timeout), each resuming at the byte reached; past them the shard is skipped and counted like a
+    damaged one."""
+    retry_backoff_s: float = since("0.2", 0.5)
+    """Remote shard sets: wait before the first retry (s), doubled for each next one (capped at 60 s)."""
+    read_timeout_s: float = since("0.2", 60.0)
+    """Remote shard sets: seconds a connect or a read may wait for data before it counts as a failure."""
 
     def __post_init__(self) -> None:
         check("data.stream.clip_seconds", self.clip_seconds, 0 < self.clip_seconds <= 3600, "0 < seconds <= 3600")
@@ -93,6 +111,14 @@ class StreamConfig:
         check("data.stream.num_workers", self.num_workers, self.num_workers >= 0, ">= 0 (0: read in the process)")
         check("data.stream.shuffle_buffer", self.shuffle_buffer, self.shuffle_buffer >= 1, ">= 1")
         check("data.stream.segment_batches", self.segment_batches, self.segment_batches >= 1, ">= 1")
+        check("data.stream.read_retries", self.read_retries, 0 <= self.read_retries <= 100, "0..100 retries")
+        check("data.stream.retry_backoff_s", self.retry_backoff_s, 0 <= self.retry_backoff_s <= 600, "0..600 s")
+        check("data.stream.read_timeout_s", self.read_timeout_s, 0 < self.read_timeout_s <= 3600, "0 < s <= 3600")
+
+    @property
+    def retry(self) -> remote.RetryPolicy:
+        """How remote shards and manifests are read."""
+        return remote.RetryPolicy(self.read_retries, self.retry_backoff_s, self.read_timeout_s)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -146,17 +172,20 @@ class ShardSet:
     """Whether the split carries labels (its manifest label histogram is not empty)."""
     test_only_devices: list[str] = field(default_factory=list)
     """Devices the corpus keeps out of training (manifest ``info``: TAU22's s4-s6, the synthetic corpus's)."""
+    where: str = ""
+    """The folder or URL the shards are in (for messages)."""
 
     @property
     def num_clips(self) -> int:
         return sum(self.counts)
 
 
-def open_shard_set(cfg: ShardSetConfig) -> ShardSet:
-    """Read a shard folder's manifest; raises :class:`BadInput` naming the folder/split when unusable."""
-    folder = Path(cfg.path)
-    manifest_path = folder / MANIFEST
-    manifest = read_manifest(manifest_path)
+def open_shard_set(cfg: ShardSetConfig, stream: StreamConfig | None = None) -> ShardSet:
+    """Read a shard folder's (or URL's) manifest, fetched with ``stream``'s retries; raises :class:`BadInput` naming
+    the folder/split when unusable."""
+    base = cfg.path if remote.is_remote(cfg.path) else str(Path(remote.local_path(cfg.path)))
+    manifest_path = remote.join(base, MANIFEST)
+    manifest = read_manifest(manifest_path, (stream or StreamConfig()).retry)
     splits = manifest["splits"]
     if cfg.split not in splits:
         raise BadInput(f"{manifest_path}: no split {cfg.split!r}; it has {', '.join(splits) or 'none'}")
@@ -165,41 +194,50 @@ def open_shard_set(cfg: ShardSetConfig) -> ShardSet:
     if not shards:
         raise BadInput(f"{manifest_path}: split {cfg.split!r} holds no clips")
     return ShardSet(
-        urls=[str(folder / s["file"]) for s in shards],
+        urls=[remote.join(base, s["file"]) for s in shards],
         counts=[s["count"] for s in shards],
         classes=list(manifest.get("classes", [])),
         multi_label=bool(manifest.get("multi_label", False)),
         sample_rate=int(entry.get("sample_rate", manifest.get("sample_rate"))),
         weight=cfg.weight,
-        name=f"{folder.name}/{cfg.split}",
+        name=f"{remote.base_name(base)}/{cfg.split}",
         labelled=bool(entry.get("label_histogram")),
         test_only_devices=[str(d) for d in (manifest.get("info") or {}).get("test_only_devices") or []],
+        where=base,
     )
 
 
-def unreadable_shards(s: ShardSet) -> list[str]:
-    """The shards of ``s`` that cannot be opened or hold no readable first member (one tar header each: cheap)."""
+def unreadable_shards(s: ShardSet, stream: StreamConfig | None = None) -> list[str]:
+    """The shards of ``s`` that cannot be opened or hold no readable first member (one tar header each: cheap; a
+    remote shard is read up to its first header, with ``stream``'s retries, then closed)."""
     import tarfile
 
+    retry = (stream or StreamConfig()).retry
     bad = []
     for url in s.urls:
         try:
-            with tarfile.open(url, "r:") as tar:
-                if tar.next() is None:
-                    bad.append(url)
+            if remote.is_remote(url):
+                with remote.open_stream(url, retry) as f, tarfile.open(fileobj=f, mode="r|") as tar:
+                    first = tar.next()
+            else:
+                with tarfile.open(url, "r:") as tar:
+                    first = tar.next()
+            if first is None:
+                bad.append(url)
         except (OSError, tarfile.TarError, EOFError):
             bad.append(url)
     return bad
 
 
-def open_eval_split(cfg: ShardSetConfig, role: str, labelled: bool = False) -> ShardSet:
+def open_eval_split(cfg: ShardSetConfig, role: str, labelled: bool = False,
+                    stream: StreamConfig | None = None) -> ShardSet:
     """A split to evaluate on (``role``: the config key, e.g. ``data.test``), checked before any training: labels
     when ``labelled``, and at least one readable shard (a wholly damaged split is refused; a partly damaged one is
-    evaluated on what can be read, its lost clips counted)."""
-    s = open_shard_set(cfg)
+    evaluated on what can be read, its lost clips counted). ``stream``: how remote files are retried."""
+    s = open_shard_set(cfg, stream)
     if labelled and not s.labelled:
         raise BadInput(f"{role}: {cfg.path} split {cfg.split!r} has no labels; it cannot score a classifier")
-    bad = unreadable_shards(s)
+    bad = unreadable_shards(s, stream)
     if len(bad) == len(s.urls):
         raise BadInput(f"{role}: {cfg.path} split {cfg.split!r}: none of its {len(bad)} shards can be read (e.g. "
                        f"{bad[0]}: missing, empty or damaged); expected the tars its {MANIFEST} lists")
@@ -232,7 +270,28 @@ def failure_limit(num_shards: int) -> int:
     return max(50, 4 * num_shards)
 
 
-def _resampled_samples(s: ShardSet, rng: random.Random, counter: _Counter) -> Iterator[dict]:
+def shard_samples(url: str, retry: remote.RetryPolicy, counter: _Counter) -> Iterator[dict]:
+    """The samples of one tar shard, local or remote (WebDataset's ``tarfile_to_samples`` on our own stream, so a
+    remote read resumes after transient errors). A shard that cannot be opened or read ends early, counted. The
+    stream is opened here, in the process that reads it (a DataLoader worker opens its own connections), and closed
+    when the generator ends or is dropped (an evaluation range that stops mid-shard)."""
+    handler = functools.partial(_skip_shard, url, counter)
+    try:
+        stream = remote.open_stream(url, retry)
+    except Exception as e:  # noqa: BLE001 - a missing shard is skipped and counted, never fatal
+        handler(e)
+        return
+    with stream:
+        files = wds.tariterators.tar_file_expander([{"url": url, "stream": stream}], handler=handler)
+        yield from wds.tariterators.group_by_keys(files, handler=handler)
+
+
+def _skip_shard(url: str, counter: _Counter, exc: BaseException) -> bool:
+    return counter.skip(url, exc)
+
+
+def _resampled_samples(s: ShardSet, rng: random.Random, counter: _Counter,
+                       retry: remote.RetryPolicy) -> Iterator[dict]:
     """The samples of shards drawn with replacement, forever (the ``resampled=True`` stage with our own RNG).
 
     A tar that cannot be opened or read ends early with one warning. When :func:`failure_limit` draws in a row give
@@ -243,12 +302,12 @@ def _resampled_samples(s: ShardSet, rng: random.Random, counter: _Counter) -> It
     while True:
         url = s.urls[rng.randrange(len(s.urls))]
         got = False
-        for sample in wds.tarfile_to_samples(handler=lambda e, url=url: counter.skip(url, e))([{"url": url}]):
+        for sample in shard_samples(url, retry, counter):
             got = True
             yield sample
         failures = 0 if got else failures + 1
         if failures >= limit:
-            raise BadInput(f"{s.name} (shards in {Path(s.urls[0]).parent}): the last {failures} shards drawn gave no "
+            raise BadInput(f"{s.name} (shards in {s.where or Path(s.urls[0]).parent}): the last {failures} shards drawn gave no "
                            f"sample (missing, empty or damaged tars; see the warnings); expected the readable tars "
                            f"its {MANIFEST} lists ({len(s.urls)} shards, {s.num_clips} clips)")
 
@@ -374,7 +433,7 @@ class TrainStream(IterableDataset):
             set_rng = random.Random(derive_seed(self.cfg.seed, self.rank, slot, segment, k + 1))
             pipeline = wds.DataPipeline(
                 # shards drawn with replacement (no rank runs dry) -> samples; a bad tar ends, an unreadable set stops
-                functools.partial(_resampled_samples, s, set_rng, counter),
+                functools.partial(_resampled_samples, s, set_rng, counter, self.cfg.retry),
                 lambda it, r=set_rng: _shuffle(it, self.cfg.shuffle_buffer, r),  # sample-level shuffle buffer
                 lambda it, s=s: ((x, s) for x in it),  # remember which set a sample came from
             )
@@ -419,7 +478,7 @@ class TrainStream(IterableDataset):
 def train_loader(sets: list[ShardSetConfig] | list[ShardSet], cfg: StreamConfig, *, rank: int = 0,
                  start_step: int = 0, pin_memory: bool = False) -> Iterator[Batch]:
     """An endless iterator of this rank's training batches, continuing at ``start_step``."""
-    resolved = [s if isinstance(s, ShardSet) else open_shard_set(s) for s in sets]
+    resolved = [s if isinstance(s, ShardSet) else open_shard_set(s, cfg) for s in sets]
     dataset = TrainStream(resolved, cfg, rank=rank, start_step=start_step)
     if cfg.num_workers == 0:
         return iter(dataset)
@@ -439,9 +498,9 @@ def _ranges(total: int, parts: int) -> list[tuple[int, int]]:
 class _EvalSamples(IterableDataset):
     """Decoded samples with global indices in ``[start, stop)``, split between DataLoader workers."""
 
-    def __init__(self, s: ShardSet, start: int, stop: int, clip_samples: int):
+    def __init__(self, s: ShardSet, start: int, stop: int, clip_samples: int, retry: remote.RetryPolicy):
         super().__init__()
-        self.s, self.start, self.stop, self.clip_samples = s, start, stop, clip_samples
+        self.s, self.start, self.stop, self.clip_samples, self.retry = s, start, stop, clip_samples, retry
 
     def __iter__(self):
         info = get_worker_info()
@@ -465,7 +524,7 @@ class _EvalSamples(IterableDataset):
         a truncated tar lost become invalid rows at their own index, so no later row moves.
         """
         index = first
-        for sample in wds.tarfile_to_samples(handler=lambda e: counter.skip(url, e))([{"url": url}]):
+        for sample in shard_samples(url, self.retry, counter):
             if index >= min(hi, first + count):
                 break  # past this worker's range (or a tar holding more than its manifest count)
             if index >= lo:
@@ -488,7 +547,7 @@ class _EvalSamples(IterableDataset):
 def eval_batches(s: ShardSet | ShardSetConfig, cfg: StreamConfig, *, rank: int = 0, world: int = 1,
                  num_workers: int | None = None) -> Iterator[Batch]:
     """This rank's share of one exact pass: ``ceil(ceil(N / world) / batch)`` batches on every rank."""
-    s = s if isinstance(s, ShardSet) else open_shard_set(s)
+    s = s if isinstance(s, ShardSet) else open_shard_set(s, cfg)
     if s.sample_rate != cfg.sample_rate:
         raise BadInput(f"{s.name}: shards are at {s.sample_rate} Hz but data.sample_rate is {cfg.sample_rate}")
     clip_samples = int(round(cfg.clip_seconds * cfg.sample_rate))
@@ -496,7 +555,7 @@ def eval_batches(s: ShardSet | ShardSetConfig, cfg: StreamConfig, *, rank: int =
     per_rank = math.ceil(s.num_clips / world)
     n_batches = math.ceil(per_rank / cfg.batch_size)
     workers = cfg.num_workers if num_workers is None else num_workers
-    dataset = _EvalSamples(s, start, stop, clip_samples)
+    dataset = _EvalSamples(s, start, stop, clip_samples, cfg.retry)
     samples = iter(dataset) if workers == 0 else iter(DataLoader(dataset, batch_size=None, num_workers=workers))
     num_classes = len(s.classes)
     pad = (np.zeros(clip_samples, np.float32), [] if s.multi_label else -1, "", {}, False, -1)
@@ -515,5 +574,5 @@ def eval_batches(s: ShardSet | ShardSetConfig, cfg: StreamConfig, *, rank: int =
 
 __all__ = [
     "Batch", "ShardSet", "ShardSetConfig", "StreamConfig", "TrainStream", "eval_batches", "open_eval_split",
-    "open_shard_set", "train_loader", "unreadable_shards",
+    "open_shard_set", "shard_samples", "train_loader", "unreadable_shards",
 ]

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from launch.common.errors import BadInput, check
+from launch.common.fields import SINCE, since  # noqa: F401 - re-exported (shards declares fields without the runtime)
 
 T = TypeVar("T")
 
@@ -212,24 +213,6 @@ def to_yaml(cfg: Any) -> str:
 
 HASH_IGNORED = ("run_dir", "checkpoint", "log")
 """Groups that never change a result (where to write, how often to save and log): left out of the run's hash."""
-
-
-SINCE = "tessera_since"
-"""Field metadata key of :func:`since`: the version that added the field."""
-
-
-def since(version: str, default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING) -> Any:
-    """A config field added in ``version``: while it holds its default it is left out of :func:`config_hash`, so a
-    new option does not rename the run folders of every existing config (old runs still resume).
-
-    ``compile: bool = since("0.2", False)``; ``irs: IRConfig = since("0.2", default_factory=IRConfig)``.
-    """
-    if (default is dataclasses.MISSING) == (default_factory is dataclasses.MISSING):
-        raise TypeError("since(): give exactly one of default and default_factory")
-    meta = {SINCE: version}
-    if default_factory is dataclasses.MISSING:
-        return dataclasses.field(default=default, metadata=meta)
-    return dataclasses.field(default_factory=default_factory, metadata=meta)
 
 
 def _default_of(f: dataclasses.Field) -> Any:

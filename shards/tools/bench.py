@@ -1,9 +1,12 @@
-"""python shards/tools/bench.py [--device auto|cpu|cuda] [--batch N] [--repeats N] [--quick]: input-pipeline throughput.
+"""python shards/tools/bench.py [--device auto|cpu|cuda] [--batch N] [--repeats N] [--quick] [--only a,b,c]: input throughput.
 
 (a) Per DataLoader worker (one process, one thread): FLAC decode + random crop of 10 s and 1 s clips, and the same
     plus SSAST/Audio-MAE's per-clip ``torchaudio.compliance.kaldi.fbank`` (what their workers do).
 (b) Batched :func:`shards.features.fbank` against the per-clip torchaudio loop, at ``--batch`` clips of 1 s and 10 s,
     on CPU and (when there is one) GPU: medians over ``--repeats`` after a warm-up, CUDA synchronised.
+(c) Per worker, the whole training stream (tar reading, shuffle, FLAC decode, random crop, batching) of one shard set
+    read from a local folder, from the same folder served by ``python -m http.server`` on the loopback, and through
+    ``pipe:cat``: what a URL shard set costs a worker, transport included ("vs ref": against the local folder).
 """
 import sys
 from pathlib import Path
@@ -14,11 +17,18 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [str(_HERE.parents[1])] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import datetime  # noqa: E402
+import functools  # noqa: E402
+import io  # noqa: E402
+import itertools  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
+import re  # noqa: E402
 import shlex  # noqa: E402
 import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -94,6 +104,75 @@ def bench_decode(args, rows: list) -> None:
         torch.set_num_threads(threads)
 
 
+def _bench_clip(index: int, seconds: float) -> tuple[np.ndarray, int]:
+    """Clip ``index`` of the (c) shard set (a module-level function: the shard writer may pickle it)."""
+    return test_clip(seconds, np.random.default_rng(index)), RATE
+
+
+@contextlib.contextmanager
+def loopback_http(folder: Path):
+    """``python -m http.server`` serving ``folder`` on a free loopback port; yields its base URL."""
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory",
+                             str(folder)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        port = re.search(r"port (\d+)", proc.stdout.readline()).group(1)  # "Serving HTTP on 127.0.0.1 port N ..."
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def bench_remote(args, rows: list) -> None:
+    """(c): clips/s of one worker's training stream from a local folder, loopback HTTP and ``pipe:cat``."""
+    from shards.clip import Clip, Corpus
+    from shards.stream import ShardSetConfig, StreamConfig, train_loader
+    from shards.writer import BuildOptions, build
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a DataLoader worker runs torch on one thread
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for seconds in (10.0, 1.0):
+                n_clips = (48 if args.quick else 160) * (4 if seconds < 5 else 1)
+                out = Path(tmp) / f"set-{seconds:g}s"
+                clips = [Clip(key=f"bench-{i:05d}", render=functools.partial(_bench_clip, i, seconds))
+                         for i in range(n_clips)]
+                corpus = Corpus(name="bench", classes=[], splits={"train": lambda clips=clips: iter(clips)})
+                build(corpus, out, ["train"], BuildOptions(sample_rate=RATE, shard_size=max(4, n_clips // 8)),
+                      root=None, source_args={}, console=_quiet_console())
+                cfg = StreamConfig(clip_seconds=1.0, sample_rate=RATE, batch_size=16, num_workers=0,
+                                   shuffle_buffer=16)
+                n_batches = max(2, n_clips // cfg.batch_size)
+
+                def take(path: str) -> float:
+                    t0 = time.perf_counter()
+                    for _ in itertools.islice(train_loader([ShardSetConfig(path)], cfg), n_batches):
+                        pass
+                    return time.perf_counter() - t0
+
+                with loopback_http(Path(tmp)) as server:
+                    sources = (("local folder", str(out)), ("loopback HTTP", f"{server}/{out.name}"),
+                               ("pipe:cat", f"pipe:cat {out}/{{}}"))
+                    times: dict[str, list[float]] = {where: [] for where, _ in sources}
+                    for repeat in range(args.repeats + 1):  # round-robin, so a change of machine load hits all three
+                        for where, path in sources:
+                            seconds_taken = take(path)
+                            if repeat:  # the first round warms caches and imports
+                                times[where].append(seconds_taken)
+                rates = [(where, n_batches * cfg.batch_size / statistics.median(ts)) for where, ts in times.items()]
+                for where, rate in rates:
+                    rows.append(("(c) shards+decode+crop", f"{where}, 1 worker", f"{seconds:g} s FLAC -> 1 s", rate,
+                                 1e3 / rate, f"{rate / rates[0][1]:.2f}x"))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _quiet_console():
+    from rich.console import Console
+
+    return Console(file=io.StringIO())
+
+
 def bench_fbank(args, device: torch.device, rows: list) -> None:
     """(b): batched fbank vs the per-clip torchaudio loop, same device, same batch."""
     g = torch.Generator().manual_seed(0)
@@ -126,7 +205,11 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats; the median is reported (default: 5)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads for (b) (default: torch's)")
     parser.add_argument("--quick", action="store_true", help="fewer clips and 2 repeats")
+    parser.add_argument("--only", default="a,b,c", help="comma-separated sections to run: a, b, c (default: all)")
     args = parser.parse_args(argv)
+    sections = set(args.only.split(","))
+    if not sections <= {"a", "b", "c"}:
+        parser.error(f"--only {args.only}: expected a comma-separated subset of a, b, c")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
@@ -150,14 +233,18 @@ def main(argv=None) -> int:
         console.print(f"gpu      {torch.cuda.get_device_name()}")
     rows: list = []
     t0 = time.perf_counter()
-    with console.status("(a) decode + crop per worker"):
-        bench_decode(args, rows)
-    for device in devices:
+    if "a" in sections:
+        with console.status("(a) decode + crop per worker"):
+            bench_decode(args, rows)
+    for device in devices if "b" in sections else []:
         with console.status(f"(b) fbank on {device.type}"):
             bench_fbank(args, device, rows)
+    if "c" in sections:
+        with console.status("(c) shard stream per worker: local folder, loopback HTTP, pipe:cat"):
+            bench_remote(args, rows)
     table = Table(title=f"input pipeline throughput (median of {args.repeats})")
     for name, justify in (("measurement", "left"), ("where", "left"), ("clips", "left"), ("clips/s", "right"),
-                          ("ms/clip", "right"), ("vs loop", "right")):
+                          ("ms/clip", "right"), ("vs ref", "right")):
         table.add_column(name, justify=justify)
     for what, where, clips, rate, ms, speedup in rows:
         table.add_row(what, where, clips, f"{rate:,.0f}", f"{ms:.2f}", speedup)
