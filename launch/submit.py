@@ -205,6 +205,24 @@ def submit(entry: Entry, argv: list[str] | None = None, prog: str | None = None)
     return _follow(job, console)
 
 
+def submit_array(target: str, cfgs: list[Any], folder: Path, cluster: str, params: dict[str, Any],
+                 threads: int = 1) -> list[Any]:
+    """Independent tasks (no collective, no shared world): one job array (``sbatch --array`` on SLURM; processes
+    here for ``local``; one after another in this process for ``debug``) whose task ``i`` runs
+    ``target(cfgs[i], stop=event)`` through :class:`launch.job.Job`, so a task warned of its time limit is requeued
+    like a training job. ``params`` are submitit's (``slurm_array_parallelism`` caps the tasks running at once).
+    Returns the submitit jobs, one per task, logs in ``folder/<job id>``."""
+    import submitit
+
+    from launch.job import Job
+
+    executor = submitit.AutoExecutor(folder=Path(folder) / "%j", cluster=cluster)
+    executor.update_parameters(**params)
+    with executor.batch():  # one submission for all the tasks, made as the block ends
+        jobs = [executor.submit(Job(target, cfg, threads=threads)) for cfg in cfgs]
+    return jobs
+
+
 def preflight(run_dir: Path, cfg: Any, cluster: str) -> None:
     """What the job would refuse, refused before it is queued: a folder in use (a live run, or a SLURM job of this
     folder still queued or running), a run of another config, a checkpoint to resume that is not there."""
@@ -219,7 +237,8 @@ def preflight(run_dir: Path, cfg: Any, cluster: str) -> None:
         if run_folder.slurm_job_active(last):
             raise BadInput(f"{run_dir}: SLURM job {last} of this run folder is still queued or running; wait for it, "
                            f"scancel {last}, or give another run_dir")
-    resume = cfg.checkpoint.resume
+    checkpoint = getattr(cfg, "checkpoint", None)  # a job without checkpoints (prediction) resumes nothing
+    resume = checkpoint.resume if checkpoint is not None else "never"
     if resume not in ("auto", "never") and not Path(resume).is_dir():
         raise BadInput(f"checkpoint.resume={resume}: no such checkpoint folder")
     if resume != "never":

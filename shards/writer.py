@@ -16,6 +16,9 @@ same input gives the same manifest bytes too. An output folder that cannot be wr
 disk) stops the build with one line; a rerun after the fix resumes.
 
 Worker processes die with the build process (:mod:`shards.pool`), so a ``kill -9`` leaves no orphan behind.
+
+The steps are public so that :mod:`shards.cluster` can run them as a job array: :func:`list_shards` (the plan),
+:func:`check_shards` (which are done), :func:`write_shards` (some of them), :func:`merge_manifest` (once all are).
 """
 from __future__ import annotations
 
@@ -38,7 +41,9 @@ from shards.clip import Clip, Corpus
 from shards.manifest import MANIFEST, read_manifest
 from shards.pool import die_with_parent
 
-__all__ = ["MANIFEST", "FORMAT", "BuildOptions", "build", "shard_name", "tar_writer", "write_shard"]
+__all__ = ["MANIFEST", "FORMAT", "BuildInputs", "BuildOptions", "Plan", "build", "build_signature", "check_shards",
+           "list_shards", "merge_manifest", "open_output", "shard_name", "tar_writer", "write_manifest", "write_shard",
+           "write_shards"]
 FORMAT = "tessera-shards/1"
 # A fixed member mtime makes tars byte-identical across rebuilds (TarWriter would stamp time.time() otherwise).
 TAR_MTIME = 1_600_000_000
@@ -60,6 +65,23 @@ class BuildOptions:
     def signature(self) -> dict[str, Any]:
         """What must match for a build to resume (``workers`` does not change any byte)."""
         return {"sample_rate": self.sample_rate, "shard_size": self.shard_size, "flac_subtype": self.flac_subtype}
+
+
+@dataclass(frozen=True)
+class BuildInputs:
+    """One build as the command line gives it: which splits of which corpus go to which folder, and how."""
+
+    corpus: Corpus
+    out: Path
+    splits: tuple[str, ...]
+    options: BuildOptions
+    root: Path | None
+    """The raw corpus root (absolute): shard ``.json`` holds clip paths relative to it."""
+    source_args: dict[str, Any]
+    """The source's own flags, recorded in the manifest and checked on resume."""
+
+    def signature(self) -> dict[str, Any]:
+        return build_signature(self.corpus, self.root, self.options, self.source_args)
 
 
 def tar_writer(fileobj):
@@ -89,6 +111,18 @@ class ShardTask:
     out: str
     root: str | None
     options: BuildOptions
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.split, self.index)
+
+    def keys_digest(self) -> str:
+        """sha1 of the clip keys this shard must hold, in order: a record of another clip list is never reused."""
+        return keys_digest(self.clips)
+
+
+def keys_digest(clips: Sequence[Clip]) -> str:
+    return hashlib.sha1("\n".join(c.key for c in clips).encode()).hexdigest()
 
 
 def _sample(task: ShardTask, clip: Clip, class_index: dict[str, int]) -> tuple[dict[str, bytes], float]:
@@ -190,7 +224,7 @@ def write_shard(task: ShardTask) -> dict[str, Any]:
     record = {
         "file": name if written else None,
         "index": task.index,
-        "expected_keys": hashlib.sha1("\n".join(c.key for c in task.clips).encode()).hexdigest(),
+        "expected_keys": task.keys_digest(),
         "count": len(written),
         "seconds": round(seconds, 3),
         "labels": dict(sorted(labels.items())),
@@ -221,7 +255,7 @@ def _check_keys(split: str, clips: Sequence[Clip]) -> None:
         seen.add(clip.key)
 
 
-def _check_signature(out: Path, signature: dict[str, Any]) -> None:
+def _check_signature(out: Path, signature: dict[str, Any], *, record: bool = True) -> None:
     """Refuse to mix shards built with other arguments into ``out`` (nothing already written is touched)."""
     path = out / ".build" / "args.json"
     if path.exists():
@@ -236,7 +270,7 @@ def _check_signature(out: Path, signature: dict[str, Any]) -> None:
             diff = ", ".join(f"{k}: {old.get(k)!r} -> {signature.get(k)!r}" for k in signature
                              if old.get(k) != signature.get(k))
             raise BadInput(f"{out}: already holds shards built with other arguments ({diff}); use another --out")
-    else:
+    elif record:
         atomic_write(path, json.dumps(signature, sort_keys=True, indent=1))
 
 
@@ -251,7 +285,26 @@ def _prepare_out(out: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
 
 
-def _output_error(out: Path, e: OSError) -> BadInput:
+def build_signature(corpus: Corpus, root: Path | None, options: BuildOptions, source_args: dict[str, Any]
+                    ) -> dict[str, Any]:
+    """What a build into an existing folder must share with the build that started it (``.build/args.json``)."""
+    return {"source": corpus.name, "root": str(root) if root else None, **options.signature(),
+            "source_args": source_args}
+
+
+def open_output(out: Path, signature: dict[str, Any], *, create: bool = True) -> dict[str, Any]:
+    """Make ``out`` ready for shards of the build ``signature`` (``create=False``: only check, write nothing) and
+    return the manifest an earlier build left there ({} if none). Raises :class:`BadInput` for a file in the way, a
+    folder of another build, or a broken manifest (checked before any work, never overwritten)."""
+    if create:
+        _prepare_out(out)
+    elif out.exists() and not out.is_dir():
+        raise BadInput(f"{out}: is a file; expected a folder for the shards (new, or one an earlier build wrote)")
+    _check_signature(out, signature, record=create)
+    return read_manifest(out / MANIFEST) if (out / MANIFEST).exists() else {}
+
+
+def output_error(out: Path, e: OSError) -> BadInput:
     """One line for an OSError met while building into ``out``: a full disk, a folder that cannot be written, or an
     input that cannot be read (named by the file it is about)."""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -273,9 +326,10 @@ def _read_record(path: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) and fields <= set(record) else None
 
 
-def shard_damage(out: Path, record: dict[str, Any]) -> str | None:
+def shard_damage(out: Path, record: dict[str, Any], *, checksum: bool = True) -> str | None:
     """Why the tar a record calls done can no longer be trusted (None: it is intact). Records written before sizes and
-    checksums were recorded only have the tar's existence checked."""
+    checksums were recorded only have the tar's existence checked; ``checksum=False`` checks the size only (a stat,
+    not a read of every byte: what a login node can afford over a whole AudioSet build)."""
     if not record["file"]:
         return None  # every clip of the shard was skipped: there is no tar
     path = out / record["file"]
@@ -283,51 +337,68 @@ def shard_damage(out: Path, record: dict[str, Any]) -> str | None:
         return "missing"
     if "bytes" in record and path.stat().st_size != record["bytes"]:
         return f"{path.stat().st_size} bytes, built with {record['bytes']}"
-    if "sha1" in record and file_sha1(path) != record["sha1"]:
+    if checksum and "sha1" in record and file_sha1(path) != record["sha1"]:
         return "content changed since it was built (sha1)"
     return None
 
 
-@dataclass
-class _Plan:
-    tasks: list[ShardTask]
-    done: dict[tuple[str, int], dict[str, Any]]
-    clip_counts: dict[str, int]
-    damaged: list[str]
+def list_shards(corpus: Corpus, out: Path, splits: Sequence[str], options: BuildOptions, root: Path | None
+                ) -> tuple[list[ShardTask], dict[str, int]]:
+    """Every shard of ``splits`` in build order (split by split, then by index) and each split's clip count.
 
-
-def _plan(corpus: Corpus, out: Path, splits: Sequence[str], options: BuildOptions, root: Path | None) -> _Plan:
-    """Which shards are done and intact, and the tasks that build the rest."""
-    plan = _Plan([], {}, {}, [])
+    Shard ``i`` of a split holds clips ``i * shard_size`` to ``(i + 1) * shard_size - 1`` of the source's fixed order,
+    so the list is the same on every machine that lists the same corpus."""
+    unknown = [s for s in splits if s not in corpus.splits]
+    if unknown:
+        raise BadInput(f"{corpus.name}: unknown split {unknown[0]!r}; this source has {', '.join(corpus.splits)}")
+    shards: list[ShardTask] = []
+    clip_counts: dict[str, int] = {}
     for split in splits:
         clips = list(corpus.splits[split]())
         _check_keys(split, clips)
-        plan.clip_counts[split] = len(clips)
+        clip_counts[split] = len(clips)
         for i in range(0, len(clips), options.shard_size):
-            chunk = tuple(clips[i : i + options.shard_size])
-            index = i // options.shard_size
-            rec_path = out / ".build" / (shard_name(split, index) + ".json")
-            record = _read_record(rec_path) if rec_path.exists() else None
-            if record is not None:
-                expected = hashlib.sha1("\n".join(c.key for c in chunk).encode()).hexdigest()
-                if record["expected_keys"] != expected:
-                    raise BadInput(f"{rec_path}: the clips of this shard changed since it was built; use another --out")
-                damage = shard_damage(out, record)
-                if damage is None:
-                    plan.done[(split, index)] = record
-                    continue
-                plan.damaged.append(f"{record['file']} ({damage})")
-            plan.tasks.append(ShardTask(corpus.name, tuple(corpus.classes), corpus.multi_label, split, index, chunk,
-                                        str(out), str(root) if root else None, options))
-    if not any(plan.clip_counts.values()):
+            shards.append(ShardTask(corpus.name, tuple(corpus.classes), corpus.multi_label, split,
+                                    i // options.shard_size, tuple(clips[i : i + options.shard_size]), str(out),
+                                    str(root) if root else None, options))
+    if not any(clip_counts.values()):
         listed = ", ".join(repr(s) for s in splits) or "no split"
         raise BadInput(f"{corpus.name}: nothing to build: {listed} of this source list(s) no clips; expected at least "
                        "one clip in the requested splits")
+    return shards, clip_counts
+
+
+@dataclass
+class Plan:
+    """Which shards are done and intact (their records), and the tasks that build the rest."""
+
+    tasks: list[ShardTask]
+    done: dict[tuple[str, int], dict[str, Any]]
+    damaged: list[str]
+
+
+def check_shards(out: Path, shards: Sequence[ShardTask], *, checksum: bool = True) -> Plan:
+    """Split ``shards`` into those done (a readable record for the same clips, an intact tar) and those to build."""
+    plan = Plan([], {}, [])
+    for task in shards:
+        rec_path = out / ".build" / (task.name + ".json")
+        record = _read_record(rec_path) if rec_path.exists() else None
+        if record is not None:
+            if record["expected_keys"] != task.keys_digest():
+                raise BadInput(f"{rec_path}: the clips of this shard changed since it was built; use another --out")
+            damage = shard_damage(out, record, checksum=checksum)
+            if damage is None:
+                plan.done[(task.split, task.index)] = record
+                continue
+            plan.damaged.append(f"{record['file']} ({damage})")
+        plan.tasks.append(task)
     return plan
 
 
-def _write_shards(tasks: list[ShardTask], workers: int, counter, done: dict[tuple[str, int], dict[str, Any]]) -> None:
-    """Run ``tasks`` in this process or in a pool of ``workers`` processes that die with this one."""
+def _write_shards(tasks: list[ShardTask], workers: int, counter, done: dict[tuple[str, int], dict[str, Any]],
+                  stop: threading.Event | None = None) -> None:
+    """Run ``tasks`` in this process or in a pool of ``workers`` processes that die with this one. Once ``stop`` is
+    set, no further shard starts (those under way are finished: a record is never left half-written)."""
     if workers <= 1:
         import torch
 
@@ -335,6 +406,8 @@ def _write_shards(tasks: list[ShardTask], workers: int, counter, done: dict[tupl
         try:
             _init_worker(counter)
             for task in tasks:
+                if stop is not None and stop.is_set():
+                    return
                 done[(task.split, task.index)] = write_shard(task)
         finally:
             torch.set_num_threads(threads)
@@ -346,7 +419,9 @@ def _write_shards(tasks: list[ShardTask], workers: int, counter, done: dict[tupl
         for fut in as_completed(futures):
             t = futures[fut]
             done[(t.split, t.index)] = fut.result()
-    finally:  # on an error, drop the shards not started: they would meet the same full disk or missing folder
+            if stop is not None and stop.is_set():
+                break
+    finally:  # on an error (or a stop), drop the shards not started: they would meet the same full disk or folder
         pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -368,28 +443,39 @@ def build(
     if unknown:
         raise BadInput(f"{corpus.name}: unknown split {unknown[0]!r}; this source has {', '.join(corpus.splits)}")
     try:
-        _prepare_out(out)
-        signature = {"source": corpus.name, "root": str(root) if root else None, **options.signature(),
-                     "source_args": source_args}
-        _check_signature(out, signature)
+        signature = build_signature(corpus, root, options, source_args)
         # an earlier build's manifest (its other splits are kept): checked before any work, never overwritten if broken
-        previous = read_manifest(out / MANIFEST) if (out / MANIFEST).exists() else {}
-        plan = _plan(corpus, out, splits, options, root)
-        if plan.damaged:
-            console.print(f"[yellow]rebuilding {len(plan.damaged)} shard(s) changed since they were built[/]: "
-                          + ", ".join(plan.damaged[:5]) + (" ..." if len(plan.damaged) > 5 else ""))
-        resumed = sum(r["count"] + len(r["skipped"]) for r in plan.done.values())
-        if resumed:
-            console.print(f"[bold]resuming[/]: {len(plan.done)} shards ({resumed} clips) already built in {out}")
-        _run_with_progress(corpus, out, plan, options.workers, console)
-        manifest = _merge_manifest(previous, corpus, splits, plan.done, options, signature, plan.clip_counts)
-        atomic_write(out / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False))
+        previous = open_output(out, signature)
+        shards, clip_counts = list_shards(corpus, out, splits, options, root)
+        plan = check_shards(out, shards)
+        write_shards(corpus, out, plan, options.workers, console)
+        manifest = merge_manifest(previous, corpus, splits, plan.done, options, signature, clip_counts)
+        write_manifest(out, manifest)
     except OSError as e:
-        raise _output_error(out, e) from None
+        raise output_error(out, e) from None
     return manifest
 
 
-def _run_with_progress(corpus: Corpus, out: Path, plan: _Plan, workers: int, console) -> None:
+def write_shards(corpus: Corpus, out: Path, plan: Plan, workers: int, console,
+                 stop: threading.Event | None = None) -> bool:
+    """Build ``plan.tasks`` (records go into ``plan.done``) with a progress bar; False when ``stop`` ended it early."""
+    if plan.damaged:
+        console.print(f"[yellow]rebuilding {len(plan.damaged)} shard(s) changed since they were built[/]: "
+                      + ", ".join(plan.damaged[:5]) + (" ..." if len(plan.damaged) > 5 else ""))
+    resumed = sum(r["count"] + len(r["skipped"]) for r in plan.done.values())
+    if resumed:
+        console.print(f"[bold]resuming[/]: {len(plan.done)} shards ({resumed} clips) already built in {out}")
+    _run_with_progress(corpus, out, plan, workers, console, stop)
+    return not plan.tasks or all((t.split, t.index) in plan.done for t in plan.tasks)
+
+
+def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    """The last step of a build: the manifest appears whole, and only once every shard it lists is in place."""
+    atomic_write(out / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False))
+
+
+def _run_with_progress(corpus: Corpus, out: Path, plan: Plan, workers: int, console,
+                       stop: threading.Event | None = None) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     counter = mp.get_context("fork").Value("q", 0)
@@ -397,23 +483,23 @@ def _run_with_progress(corpus: Corpus, out: Path, plan: _Plan, workers: int, con
                TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
         bar = progress.add_task(f"{corpus.name} -> {out.name}", total=sum(len(t.clips) for t in plan.tasks))
-        stop = threading.Event()
+        written = threading.Event()  # ends the bar's poller
 
         def poll() -> None:
-            while not stop.wait(0.2):
+            while not written.wait(0.2):
                 progress.update(bar, completed=counter.value)
 
         poller = threading.Thread(target=poll, daemon=True)
         poller.start()
         try:
-            _write_shards(plan.tasks, workers, counter, plan.done)
+            _write_shards(plan.tasks, workers, counter, plan.done, stop)
         finally:
-            stop.set()
+            written.set()
             poller.join()
             progress.update(bar, completed=counter.value)
 
 
-def _merge_manifest(previous, corpus, splits, done, options, signature, clip_counts) -> dict[str, Any]:
+def merge_manifest(previous, corpus, splits, done, options, signature, clip_counts) -> dict[str, Any]:
     """The manifest: the splits just built plus those of an earlier build into the same folder (``previous``)."""
     manifest = dict(previous)
     manifest.update(

@@ -18,7 +18,7 @@ import webdataset as wds
 
 from launch.common.errors import BadInput
 from shards.clip import Clip, Corpus
-from shards.writer import BuildOptions, build
+from shards.writer import MANIFEST, BuildOptions, build
 from tests.fixtures.tiny_corpus import CLASSES, build_tiny, tiny_corpus
 
 REPO = Path(__file__).resolve().parents[2]
@@ -134,3 +134,109 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
                         str(tmp_path / "o")], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "nope" in r.stderr and "no such directory" in r.stderr
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Job arrays (shards.cluster): the range plan, and ranges built apart merging into the one-machine set
+
+SYNTHETIC = ["synthetic", "--labelled", "8", "--val", "2", "--test", "0", "--unlabelled", "0", "--duration", "0.1",
+             "--shard-size", "2"]
+"""5 shards: labelled-000000..000003, val-000000."""
+
+
+def _synthetic(out: Path, *flags: str):
+    from shards.cli import make_parser
+
+    return make_parser("synthetic").parse_args([*SYNTHETIC, "--out", str(out), *flags])
+
+
+def _visible(out: Path) -> dict[str, bytes]:
+    """What readers see of a shard set: the tars and the manifest."""
+    return {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+
+@pytest.mark.parametrize("count,tasks", [(0, 3), (1, 4), (7, 3), (8, 4), (5, 1), (3, 5), (1000, 7)])
+def test_plan_ranges_cover_every_shard_once_in_order(count, tasks):
+    from shards.cluster import plan_ranges
+
+    ranges = plan_ranges(count, tasks)
+    assert [i for r in ranges for i in r] == list(range(count))
+    sizes = [len(r) for r in ranges]
+    assert len(ranges) == min(count, tasks) and all(sizes)  # more tasks than shards: the extra ones are left out
+    assert sizes == sorted(sizes, reverse=True) and max(sizes, default=0) - min(sizes, default=0) <= 1
+    with pytest.raises(ValueError, match="tasks >= 1"):
+        plan_ranges(count, 0)
+
+
+def test_compact_names_runs_per_split():
+    from shards.cluster import compact
+
+    names = ["labelled-000000.tar", "labelled-000001.tar", "labelled-000003.tar", "val-000000.tar"]
+    assert compact(names) == "labelled-000000..000001, labelled-000003, val-000000"
+
+
+def test_ranges_built_apart_give_the_one_machine_bytes_and_a_rerun_builds_only_what_is_missing(tmp_path, capsys):
+    from shards.cli import run
+
+    run(_synthetic(tmp_path / "one", "--workers", "1"))
+    reference = _visible(tmp_path / "one")
+    out = tmp_path / "array"
+    jobs = run(_synthetic(out, "--cluster", "debug", "--nodes", "3", "--workers", "1", "--no-wait"))
+    assert len(jobs) == 3
+    jobs[0].result()
+    jobs[2].result()  # task 1 never runs, as if killed
+    assert not (out / MANIFEST).exists(), "a set with a range missing must not look complete"
+    first = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("*.tar")}
+    assert sorted(first) == ["labelled-000000.tar", "labelled-000001.tar", "val-000000.tar"]
+    capsys.readouterr()
+    run(_synthetic(out, "--cluster", "debug", "--nodes", "3", "--workers", "1"))  # the same command again
+    err = capsys.readouterr().err
+    assert "5 shards, 3 done, 2 to build" in err and "labelled-000002..000003" not in err  # 2 tasks of 1
+    assert "--nodes 3: 2 shard(s) to build, so 2 task(s)" in err
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("*.tar") if p.name in first} == first
+    assert _visible(out) == reference  # tars and manifest.json, byte for byte
+    (out / MANIFEST).unlink()  # a last task killed between its records and the manifest
+    jobs_file = (out / ".build" / "jobs.txt").read_text()
+    run(_synthetic(out, "--cluster", "debug", "--nodes", "3"))
+    assert "5 shards, 5 done, 0 to build" in capsys.readouterr().err
+    assert _visible(out) == reference and (out / ".build" / "jobs.txt").read_text() == jobs_file  # nothing submitted
+
+
+def test_a_range_task_stops_between_shards_and_refuses_another_corpus(tmp_path):
+    import threading
+
+    from rich.console import Console
+
+    from shards.cli import load_inputs
+    from shards.cluster import RangeRequest, plan_digest, run_range
+    from shards.writer import list_shards
+
+    inputs = load_inputs(_synthetic(tmp_path / "o", "--workers", "1"))
+    shards, _ = list_shards(inputs.corpus, inputs.out, inputs.splits, inputs.options, inputs.root)
+    request = RangeRequest(_synthetic(tmp_path / "o"), tuple(t.name for t in shards), plan_digest(shards), 0, 1, 1)
+    console = Console(stderr=True, quiet=True)
+    stop = threading.Event()
+    stop.set()  # SLURM's warning before the time limit: the task returns so that the launcher's Job requeues it
+    assert run_range(inputs, request, console, stop) == {"task": 0, "stopped_at": 0}
+    assert not list(inputs.out.glob("*.tar")) and not (inputs.out / MANIFEST).exists()
+    other = RangeRequest(request.args, request.shards, "0" * 40, 0, 1, 1)
+    with pytest.raises(BadInput, match="this node lists other clips than the submitting machine"):
+        run_range(inputs, other, console)
+    assert run_range(inputs, request, console)["complete"] and (inputs.out / MANIFEST).exists()
+
+
+def test_array_bad_input_is_one_line_and_dry_run_submits_nothing(tmp_path, capsys):
+    from shards.cli import main
+
+    out = tmp_path / "o"
+    assert main([*SYNTHETIC, "--out", str(out), "--nodes", "0"]) == 2
+    assert capsys.readouterr().err == "error: --nodes 0: expected an integer >= 1\n" and not out.exists()
+    assert main([*SYNTHETIC, "--out", str(out), "--nodes", "10", "--cluster", "local", "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert "--nodes 10: 5 shard(s) to build, so 5 task(s)" in err and "local job array: 5 task(s)" in err
+    assert not out.exists()
+    build_tiny(out, n=4)  # a folder holding another build
+    capsys.readouterr()
+    assert main([*SYNTHETIC, "--out", str(out), "--nodes", "2", "--cluster", "debug"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already holds shards built with other arguments (source: 'tiny' -> " in err
