@@ -11,7 +11,7 @@ import os
 import socket
 import sys
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -129,6 +129,15 @@ def sum_across_ranks(values: Sequence[float]) -> list[float]:
     t = torch.tensor(list(values), dtype=torch.float64, device=_collective_device())
     torch.distributed.all_reduce(t)
     return t.tolist()
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank (``[obj]`` in a world of one)."""
+    if _world() == 1:
+        return [obj]
+    gathered: list[Any] = [None] * _world()
+    torch.distributed.all_gather_object(gathered, obj)
+    return gathered
 
 
 def mean_across_ranks(values: dict[str, float]) -> dict[str, float]:
