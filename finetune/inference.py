@@ -2,8 +2,8 @@
 or a shard split -> per-file class probabilities, written as a DCASE Task 1 submission or a plain CSV.
 
 Every file is decoded, mixed to mono and resampled as the shard builder does (:mod:`finetune.recordings`), cut
-into windows of the model's clip length ``hop_seconds`` apart (a file or tail shorter than a window is zero-padded at
-the end, as training pads a short clip), turned into features as fine-tuning evaluates them (its
+into windows of the model's clip length ``hop_seconds`` apart (a last window ends where the file ends; only a file
+shorter than a window is zero-padded at the end, as training pads a short clip), turned into features as fine-tuning evaluates them (its
 :class:`~shards.features.Features` in eval mode), classified in batches on the device and averaged per file: the mean
 of the window probabilities. A shard split is read whole, every clip once (the exact evaluation pass's order).
 
@@ -50,6 +50,29 @@ FIXED_COLUMNS = ("filename", "path", "scene_label", "window", "start_seconds")
 
 
 @dataclass
+class OfficialFileConfig:
+    """What an official fine-tuned SSAST file does not store (see :func:`finetune.model.load_classifier`); unused for
+    our own checkpoints."""
+
+    head: str = "mean"
+    """The pooling it was fine-tuned with: "mean" (``ft_avgtok``, every official recipe's) or "cls" (``ft_cls``)."""
+    stride_freq: Optional[int] = None
+    """Patch strides and frame count of its fine-tuning grid; None: inferred from the weights where one shape fits."""
+    stride_time: Optional[int] = None
+    target_frames: Optional[int] = None
+    num_mel_bins: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        check("official.head", repr(self.head), self.head in ("mean", "cls"), "mean (ft_avgtok) or cls (ft_cls)")
+        for name in ("stride_freq", "stride_time", "target_frames", "num_mel_bins"):
+            value = getattr(self, name)
+            check(f"official.{name}", value, value is None or value >= 1, ">= 1, or null (inferred)")
+
+    def shape(self) -> dict[str, int]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "head" and v is not None}
+
+
+@dataclass
 class PredictConfig:
     """Everything a prediction needs (``python finetune/predict.py key=value ...``)."""
 
@@ -73,7 +96,9 @@ class PredictConfig:
     header; ``source_label`` and ``identifier`` columns give the device and the city): the predictions are scored
     as fine-tuning's test is. A labelled shard split carries its own labels."""
     classes: Optional[str] = None
-    """A text file of class names, one per line in the model's output order, for a checkpoint that carries none."""
+    """Class names for a checkpoint that carries none: a text file with one name per line in the model's output order
+    (for an official SSAST file also its class_labels_indices.csv; without one its classes are numbered 0..n-1)."""
+    official: OfficialFileConfig = field(default_factory=OfficialFileConfig)
     clip_seconds: Optional[float] = None
     """Window length (s); None: the model's (the run's data.stream.clip_seconds; without a run config, the length
     whose fbank fills the encoder's frame count)."""
@@ -231,8 +256,9 @@ def kaldi_seconds(frames: int, shift_ms: float = 10.0, length_ms: float = 25.0) 
 def load_predictor(cfg: PredictConfig) -> Predictor:
     """The classifier of ``cfg.ckpt`` with its input settings: the run's, then the ``cfg`` overrides."""
     path = resolve_ckpt(cfg.ckpt)
-    model, payload = load_classifier(path)
-    classes = class_names(payload, cfg.classes, path, _output_size(model))
+    model, payload = load_classifier(path, classes=cfg.classes, head=cfg.official.head, encoder=cfg.official.shape())
+    official = payload.get("format") == "ssast-official"  # its names came from classes= already (or are numbers)
+    classes = class_names(payload, None if official else cfg.classes, path, _output_size(model))
     enc = model.encoder.cfg
     run_cfg = read_run_config(path)
     notes = []
@@ -384,9 +410,9 @@ def predictions_text(items: Sequence[Item], classes: Sequence[str], fmt: str) ->
     return _table(["filename", *path, "scene_label", *classes], rows, fmt)
 
 
-def windows_text(items: Sequence[Item], classes: Sequence[str], fmt: str, hop_seconds: float) -> str:
+def windows_text(items: Sequence[Item], classes: Sequence[str], fmt: str, rate: int) -> str:
     path = ["path"] if fmt == "csv" else []
-    rows = [[it.name, *([it.path] if path else []), k, f"{k * hop_seconds:g}", classes[int(np.argmax(row))],
+    rows = [[it.name, *([it.path] if path else []), k, f"{it.starts[k] / rate:g}", classes[int(np.argmax(row))],
              *(repr(float(v)) for v in row)] for it in items for k, row in enumerate(it.window_probs)]
     return _table(["filename", *path, "window", "start_seconds", "scene_label", *classes], rows, fmt)
 
@@ -454,7 +480,7 @@ def write_outputs(cfg: PredictConfig, p: Predictor, inputs: Inputs, items: list[
         stale.discard(atomic_write(sidecar(out, "skipped.csv"), skipped_text(skipped)))
     if cfg.windows and done:
         stale.discard(atomic_write(sidecar(out, f"windows{out.suffix or '.csv'}"),
-                                   windows_text(done, p.classes, cfg.format, cfg.hop_seconds or p.clip_seconds)))
+                                   windows_text(done, p.classes, cfg.format, p.sample_rate)))
     if metrics is not None:
         stale.discard(M.write_metrics(sidecar(out, "report.json"), metrics))
         stale.discard(M.plot_confusion_matrix(np.array(metrics["confusion_matrix"]), p.classes,

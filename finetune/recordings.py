@@ -224,15 +224,20 @@ def read_labels(path: str, classes: Sequence[str]) -> LabelTable:
 
 
 def window_starts(n: int, window: int, hop: int) -> list[int]:
-    """Where the windows of an ``n``-sample clip start: 0, hop, 2 hop, ... until one reaches the end (that last one
-    may run past it and is zero-padded; a clip shorter than a window is one padded window)."""
+    """Where the windows of an ``n``-sample clip start: 0, hop, 2 hop, ... while a window fits, then one window that
+    ends where the clip ends when the last one stopped short of it (a tail is covered by real audio, not by a window
+    of mostly zeros that would weigh as much as the others in the mean). A clip shorter than a window is one window,
+    zero-padded as training pads a short clip."""
     if n <= window:
         return [0]
-    return list(range(0, n - window + hop, hop))
+    starts = list(range(0, n - window + 1, hop))
+    if starts[-1] + window < n:
+        starts.append(n - window)
+    return starts
 
 
 def cut_windows(x: np.ndarray, window: int, hop: int) -> np.ndarray:
-    """``x [n]`` -> ``[K, window]``, the tail zero-padded as training pads a short clip (``shards.stream``)."""
+    """``x [n]`` -> ``[K, window]``; only a clip shorter than a window is zero-padded (as ``shards.stream`` pads)."""
     starts = window_starts(len(x), window, hop)
     padded = np.pad(x, (0, max(0, starts[-1] + window - len(x))))
     return np.stack([padded[s : s + window] for s in starts]).astype(np.float32, copy=False)
@@ -256,6 +261,8 @@ class Item:
     """[C] float64: the mean of the window probabilities."""
     window_probs: np.ndarray | None = None
     """[K, C] (kept with ``windows=true``)."""
+    starts: list[int] = field(default_factory=list)
+    """Where each of the K windows starts (samples at the model's rate)."""
 
 
 def _first_line(e: BaseException) -> str:
@@ -283,7 +290,8 @@ class FileItems(Dataset):
             return Item(index, f.name, f.path, error=str(e))
         except Exception as e:  # noqa: BLE001 - whatever a damaged file raises, it is reported, never fatal
             return Item(index, f.name, f.path, error=_first_line(e))
-        return Item(index, f.name, f.path, cut_windows(x, self.window, self.hop))
+        return Item(index, f.name, f.path, cut_windows(x, self.window, self.hop),
+                    starts=window_starts(len(x), self.window, self.hop))
 
 
 class _Reasons:
@@ -340,7 +348,8 @@ class ShardItems(IterableDataset):
             return Item(index, key, f"{url}#{key}", error=_first_line(e))
         label = meta.get("label") if isinstance(meta.get("label"), str) else None
         name = shard_filename(key, meta.get("source_path"), self.names_from)
-        return Item(index, name, f"{url}#{key}", cut_windows(x, self.window, self.hop), label=label, meta=meta)
+        return Item(index, name, f"{url}#{key}", cut_windows(x, self.window, self.hop), label=label, meta=meta,
+                    starts=window_starts(len(x), self.window, self.hop))
 
 
 def share(total: int, rank: int, world: int) -> range:

@@ -65,7 +65,9 @@ def _independent_probs(run: Path, path: Path, clip: int, hop: int) -> np.ndarray
     x = x.mean(axis=1)
     if rate != 16000:
         x = AF.resample(torch.from_numpy(x), rate, 16000).numpy()
-    starts = [0] if len(x) <= clip else list(range(0, len(x) - clip + hop, hop))
+    starts = [0] if len(x) <= clip else list(range(0, len(x) - clip + 1, hop))
+    if starts[-1] + clip < len(x):  # the tail: one more window, ending where the file ends
+        starts.append(len(x) - clip)
     waves = np.zeros((len(starts), clip), np.float32)
     for k, s in enumerate(starts):
         piece = x[s : s + clip]
@@ -200,7 +202,8 @@ def test_lists_windows_shares_and_batching_are_exact(tmp_path):
     assert [it.waves.shape if it.error is None else it.error for it in items] == [(1, 160), (1, 160),
                                                                                    "missing: no such file"]
     assert window_starts(16000, 16000, 16000) == [0] and window_starts(100, 16000, 8000) == [0]
-    assert window_starts(32000, 16000, 16000) == [0, 16000] and window_starts(27200, 16000, 8000) == [0, 8000, 16000]
+    assert window_starts(16001, 16000, 16000) == [0, 1]  # a one-sample tail: a window of real audio, no padding
+    assert window_starts(32000, 16000, 16000) == [0, 16000] and window_starts(27200, 16000, 8000) == [0, 8000, 11200]
     assert [list(share(10, r, 3)) for r in range(3)] == [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]
     tau = ("/data", "/data/TAU-urban-acoustic-scenes-2022-mobile-evaluation")  # built with --root /data
     assert shard_filename("0", "TAU-urban-acoustic-scenes-2022-mobile-evaluation/audio/0.wav", tau) == "audio/0.wav"
@@ -220,3 +223,31 @@ def test_lists_windows_shares_and_batching_are_exact(tmp_path):
     assert sizes == [4, 4, 4] and [item for item, _ in done] == ["a", "b", "c"]
     for item, probs in done:
         assert probs[:, 0].tolist() == [10 * ord(item) + i for i in range(len(probs))]
+
+
+def test_an_official_fine_tuned_ssast_file_predicts_what_the_official_model_does(tmp_path):
+    """An official ``audio_model.wa.pth`` (ft_cls pooling, its grid inferred from the frame count): the window
+    probabilities of the reference ASTModel, on the Kaldi fbank with AudioSet normalisation that SSAST used."""
+    from shards.features import FeatureConfig
+    from tests.unit.test_official_finetuned import official_finetuned, save_as_official
+
+    official = official_finetuned(frames=128)
+    ckpt = tmp_path / "audio_model.wa.pth"
+    save_as_official(official, ckpt)
+    (tmp_path / "labels.csv").write_text("index,mid,display_name\n" + "".join(f"{i},/m/{i},class {i}\n"
+                                                                            for i in range(5)))
+    rng = np.random.default_rng(0)
+    (tmp_path / "in").mkdir()
+    sf.write(tmp_path / "in" / "a.wav", (0.1 * rng.standard_normal(30000)).astype(np.float32), 16000, subtype="FLOAT")
+    out = tmp_path / "out.csv"
+    _predict(f"ckpt={ckpt}", f"inputs={tmp_path / 'in'}", f"out={out}", "official.head=cls", "official.target_frames=128",
+             f"classes={tmp_path / 'labels.csv'}", f"run_dir={tmp_path / 'r'}", "num_workers=0")
+    rows = _rows(out, "\t")
+    assert rows[0] == ["filename", "scene_label", *(f"class {i}" for i in range(5))]
+    x, _ = sf.read(tmp_path / "in" / "a.wav", dtype="float32")
+    clip = 20720  # Kaldi: 128 frames of 25 ms every 10 ms -> 1.295 s at 16 kHz
+    waves = np.stack([x[:clip], x[len(x) - clip:]])  # the second window ends where the file ends
+    features = build_features(FeatureConfig(num_mel_bins=128, target_frames=128)).eval()
+    with torch.no_grad():
+        expected = official(features(torch.from_numpy(waves)), "ft_cls").softmax(-1).double().mean(0).numpy()
+    np.testing.assert_allclose([float(v) for v in rows[1][2:]], expected, atol=1e-5)
