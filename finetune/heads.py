@@ -7,6 +7,7 @@ layer-wise variants:
 
     kind           pooled vector                         logits
     mean           Mean(FinalNorm(O_L))                  MLPHead(LN(.))      SSAST ft_avgtok (baseline)
+    cls            Cls(FinalNorm(O_L))                   MLPHead(LN(.))      SSAST ft_cls
     mean_fc_norm   Mean(O_L), final norm dropped         MLPHead(fc_norm(.)) Audio-MAE models_vit global_pool
     pre_norm       S = sum_i W_i Mean(Norm_i(O_i))       MLPHead(S)
     post_norm      S = sum_i W_i Mean(O_i)               MLPHead(Norm(S))
@@ -14,8 +15,10 @@ layer-wise variants:
 
 Every head has the same call, ``head(last, layers, num_cls) -> logits [B, num_classes]``: ``last`` is the encoder's
 final normed output ``[B, C+N, D]`` and ``layers`` the ``L`` raw block outputs, each ``[B, C+N, D]`` (so
-``head(*encoder(fbank))`` works with ``pretrain.encoder.EncoderOutput``). ``head.needs_layers`` is False only for
-``mean``, which can run with ``return_layers=False``. The baselines
+``head(*encoder(fbank))`` works with ``pretrain.encoder.EncoderOutput``). ``Cls`` is the mean of the cls and
+distillation tokens for SSAST's two-token models, the cls token for one-token models. ``head.needs_layers`` is False
+only for ``mean`` and ``cls``, which can run with ``return_layers=False``; the two have the same modules (``norm``,
+``mlp``), so a released ``mlp_head`` loads into either. The baselines
 use ``MLPHead`` too, so ``hidden=[]`` (the default) gives exactly the published ``LayerNorm + Linear`` heads and a
 non-empty ``hidden`` keeps baseline and layer-wise heads comparable.
 """
@@ -27,7 +30,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-HEAD_KINDS = ("mean", "mean_fc_norm", "pre_norm", "post_norm", "double_norm")
+HEAD_KINDS = ("mean", "cls", "mean_fc_norm", "pre_norm", "post_norm", "double_norm")
 LAYERWISE_KINDS = ("pre_norm", "post_norm", "double_norm")
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
 # The paper's Norm / Norm_i, and Audio-MAE's fc_norm (timm ViT: partial(nn.LayerNorm, eps=1e-6)).
@@ -41,8 +44,8 @@ class HeadConfig:
     """Which head sits on the encoder and the shape of its MLP."""
 
     kind: str = "mean"
-    """One of ``mean`` (SSAST baseline), ``mean_fc_norm`` (Audio-MAE baseline), ``pre_norm``, ``post_norm``,
-    ``double_norm`` (layer-wise weighted sums over all blocks)."""
+    """One of ``mean`` (SSAST baseline, ``ft_avgtok``), ``cls`` (SSAST ``ft_cls``: the cls tokens), ``mean_fc_norm``
+    (Audio-MAE baseline), ``pre_norm``, ``post_norm``, ``double_norm`` (layer-wise weighted sums over all blocks)."""
     hidden: list[int] = field(default_factory=list)
     """Hidden widths of the MLP head; empty: a single Linear (the published heads)."""
     dropout: float = 0.0
@@ -73,6 +76,16 @@ def mean_patch_tokens(x: Tensor, num_cls: int) -> Tensor:
     if not 0 <= num_cls < x.shape[1]:
         raise ValueError(f"num_cls={num_cls} leaves no patch tokens in a sequence of {x.shape[1]}")
     return x[:, num_cls:].mean(dim=1)
+
+
+def cls_token_pool(x: Tensor, num_cls: int) -> Tensor:
+    """``Cls``: SSAST ``finetuningcls``, ``(x[:, 0] + x[:, 1]) / 2`` (cls and distillation token) for two cls
+    tokens, ``x[:, 0]`` for one (Audio-MAE / timm without global pool). x: [B, C+N, D] -> [B, D]."""
+    if num_cls == 1:
+        return x[:, 0]
+    if num_cls == 2:
+        return (x[:, 0] + x[:, 1]) / 2
+    raise ValueError(f"the cls head pools 1 or 2 cls tokens, got num_cls={num_cls}")
 
 
 def weighted_layer_sum(means: Tensor, weights: Tensor) -> Tensor:
@@ -139,6 +152,17 @@ class MeanHead(nn.Module):
         return self.mlp(self.norm(mean_patch_tokens(x, num_cls)))  # [B, num_classes]
 
 
+class ClsHead(MeanHead):
+    """SSAST ``ft_cls``: the cls tokens of the final normed output, then SSAST's head LN + MLP head; the modules and
+    parameter names are the ``mean`` head's."""
+
+    def __init__(self, cfg: HeadConfig, dim: int, num_classes: int):
+        super().__init__(cfg, dim, num_classes, from_last=True)
+
+    def forward(self, last: Tensor, layers: Sequence[Tensor], num_cls: int) -> Tensor:
+        return self.mlp(self.norm(cls_token_pool(last, num_cls)))  # [B, num_classes]
+
+
 class LayerwiseHead(nn.Module):
     """Softmax-weighted sum over the ``L`` block outputs, then the MLP head.
 
@@ -181,6 +205,8 @@ def build_head(cfg: HeadConfig, dim: int, num_layers: int, num_classes: int) -> 
     """The head named by ``cfg.kind`` for an encoder of width ``dim`` and ``num_layers`` blocks."""
     if cfg.kind == "mean":
         return MeanHead(cfg, dim, num_classes, from_last=True)
+    if cfg.kind == "cls":
+        return ClsHead(cfg, dim, num_classes)
     if cfg.kind == "mean_fc_norm":
         return MeanHead(cfg, dim, num_classes, from_last=False)
     if cfg.kind in LAYERWISE_KINDS:

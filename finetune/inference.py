@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 
 from finetune import metrics as M
 from finetune.config import CONFIG_DIR, FinetuneConfig, load_finetune_config
-from finetune.model import Classifier, load_classifier
+from finetune.model import Classifier, OfficialFileConfig, load_classifier
 from finetune.recordings import FileItems, Inputs, Item, LabelTable, ShardItems, is_url, list_inputs, read_labels, share
 from launch.common.errors import BadInput, check, cli
 from launch.common.files import atomic_write
@@ -47,29 +47,6 @@ log = logging.getLogger("predict")
 FORMATS = ("dcase", "csv")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 FIXED_COLUMNS = ("filename", "path", "scene_label", "window", "start_seconds")
-
-
-@dataclass
-class OfficialFileConfig:
-    """What an official fine-tuned SSAST file does not store (see :func:`finetune.model.load_classifier`); unused for
-    our own checkpoints."""
-
-    head: str = "mean"
-    """The pooling it was fine-tuned with: "mean" (``ft_avgtok``, every official recipe's) or "cls" (``ft_cls``)."""
-    stride_freq: Optional[int] = None
-    """Patch strides and frame count of its fine-tuning grid; None: inferred from the weights where one shape fits."""
-    stride_time: Optional[int] = None
-    target_frames: Optional[int] = None
-    num_mel_bins: Optional[int] = None
-
-    def __post_init__(self) -> None:
-        check("official.head", repr(self.head), self.head in ("mean", "cls"), "mean (ft_avgtok) or cls (ft_cls)")
-        for name in ("stride_freq", "stride_time", "target_frames", "num_mel_bins"):
-            value = getattr(self, name)
-            check(f"official.{name}", value, value is None or value >= 1, ">= 1, or null (inferred)")
-
-    def shape(self) -> dict[str, int]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "head" and v is not None}
 
 
 @dataclass

@@ -1,10 +1,11 @@
 """Pure maskers: SSAST's clustered / random patch masks and MAE's random / 2-D masks.
 
-Every function takes a ``torch.Generator`` and returns CPU tensors; the models take the indices as input and never
+Every masker takes a ``torch.Generator`` and returns CPU tensors; the models take the indices as input and never
 draw random numbers in ``forward``. Conventions: token indices are in the encoder's token order (``"freq"``:
 f*t_dim+t, SSAST; ``"time"``: t*f_dim+f, Audio-MAE); MAE masks use 0 = keep, 1 = remove.
-The streams of random numbers differ from the official Python ``random`` / ``torch.rand`` calls, so the masks match
-the official ones in distribution, not bit for bit.
+The MAE maskers apply the official rule to their noise (:func:`masking_from_noise`, :func:`mask_2d_from_noise`: the
+same noise keeps the same tokens as the official code). The streams of random numbers differ from the official
+Python ``random`` / ``torch.rand`` calls, so the masks match the official ones in distribution, not bit for bit.
 """
 from __future__ import annotations
 
@@ -96,9 +97,14 @@ def mae_random_masking(batch: int, n_tokens: int, ratio: float, *,
     """
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"mask ratio={ratio}: expected 0 <= ratio < 1")
-    keep = int(n_tokens * (1 - ratio))
     noise = torch.rand(batch, n_tokens, generator=generator)  # small: keep, large: remove
-    ids_shuffle = noise.argsort(dim=1)
+    return masking_from_noise(noise, int(n_tokens * (1 - ratio)))
+
+
+def masking_from_noise(noise: Tensor, keep: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The official rule: noise [B, N] -> ids_keep = argsort(noise)[:, :keep] (the ``keep`` smallest), ids_restore,
+    mask; see :func:`mae_random_masking`."""
+    ids_shuffle = noise.argsort(dim=1)  # official: "ascend: small is keep, large is remove"
     return ids_shuffle[:, :keep], ids_shuffle.argsort(dim=1), _mask_from(ids_shuffle, keep)
 
 
@@ -108,12 +114,18 @@ def _mask_from(ids_shuffle: Tensor, keep: int) -> Tensor:
     return mask.gather(1, ids_shuffle.argsort(dim=1))  # [B, N], 0 keep / 1 remove, in token order
 
 
+def _kept_by_noise(noise: Tensor, keep: int) -> Tensor:
+    """bool [B, L]: True at ``argsort(noise)[:, :keep]``, the official ``ids_keep`` of one axis."""
+    return torch.zeros(noise.shape, dtype=torch.bool).scatter_(1, noise.argsort(dim=1)[:, :keep], True)
+
+
 def mae_mask_2d(batch: int, grid: tuple[int, int], ratio_t: float, ratio_f: float, *, generator: torch.Generator,
                 token_order: str = "time") -> tuple[Tensor, Tensor, Tensor]:
     """Audio-MAE ``random_masking_2d``: drop whole time steps and whole frequency bands of the token grid.
 
-    Keeps int(t_dim*(1-ratio_t)) x int(f_dim*(1-ratio_f)) tokens. Same returns as :func:`mae_random_masking`;
-    ids_keep is in ascending token order (as the official pretraining variant), ids_shuffle = (kept, removed).
+    Keeps int(t_dim*(1-ratio_t)) x int(f_dim*(1-ratio_f)) tokens. Draws the time noise [B, t_dim], then the frequency
+    noise [B, f_dim], as the official code does; the kept set is :func:`mask_2d_from_noise`'s. Same returns as
+    :func:`mae_random_masking`.
     """
     f_dim, t_dim = grid
     if not (0.0 <= ratio_t < 1.0 and 0.0 <= ratio_f < 1.0):
@@ -121,17 +133,30 @@ def mae_mask_2d(batch: int, grid: tuple[int, int], ratio_t: float, ratio_f: floa
     keep_t, keep_f = int(t_dim * (1 - ratio_t)), int(f_dim * (1 - ratio_f))
     if keep_t == 0 or keep_f == 0:
         raise ValueError(f"mae_mask_2d keeps {keep_t} time steps x {keep_f} bands: nothing left")
-    t_kept = torch.rand(batch, t_dim, generator=generator).argsort(1) < keep_t  # [B, t] True for kept steps
-    f_kept = torch.rand(batch, f_dim, generator=generator).argsort(1) < keep_f  # [B, f]
-    # {r : perm[r] < k} for a uniform random permutation perm is a uniform random k-subset of positions.
+    noise_t = torch.rand(batch, t_dim, generator=generator)
+    noise_f = torch.rand(batch, f_dim, generator=generator)
+    return mask_2d_from_noise(noise_t, noise_f, keep_t, keep_f, token_order)
+
+
+def mask_2d_from_noise(noise_t: Tensor, noise_f: Tensor, keep_t: int, keep_f: int,
+                       token_order: str = "time") -> tuple[Tensor, Tensor, Tensor]:
+    """The official 2-D rule: noise_t [B, t_dim], noise_f [B, f_dim] -> the time steps ``argsort(noise_t)[:keep_t]``
+    x the bands ``argsort(noise_f)[:keep_f]`` (models_vit.py / models_mae.py ``random_masking_2d``).
+
+    Returns ids_keep [B, keep_t*keep_f] in ascending token order (as models_mae.py's variant; models_vit.py gathers
+    them in noise order, which neither mean pooling nor attention sees: every token carries its pos-embed),
+    ids_restore (ids_shuffle = kept ids ascending, then removed ids ascending) and mask [B, N] (0 keep, 1 remove).
+    """
+    batch = noise_t.shape[0]
+    t_kept, f_kept = _kept_by_noise(noise_t, keep_t), _kept_by_noise(noise_f, keep_f)  # [B, t], [B, f]
     kept = f_kept.unsqueeze(2) & t_kept.unsqueeze(1)  # [B, f, t] freq-major
     if token_order == "time":
         kept = kept.transpose(1, 2)
     kept = kept.reshape(batch, -1)  # [B, N] in token order
-    # ids_shuffle: kept ids ascending, then removed ids ascending (stable sort on the removed flag).
-    ids_shuffle = (~kept).int().argsort(dim=1, stable=True)
+    ids_shuffle = (~kept).int().argsort(dim=1, stable=True)  # kept ids ascending, then removed ids ascending
     k = keep_t * keep_f
     return ids_shuffle[:, :k], ids_shuffle.argsort(dim=1), (~kept).float()
 
 
-__all__ = ["ssast_cluster_mask", "random_mask_ids", "mae_random_masking", "mae_mask_2d"]
+__all__ = ["ssast_cluster_mask", "random_mask_ids", "mae_random_masking", "masking_from_noise", "mae_mask_2d",
+           "mask_2d_from_noise"]

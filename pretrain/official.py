@@ -12,6 +12,10 @@ What the conversion does (models.md §1.2, §1.6, §2.2, §2.3, §2.6, §3; pret
         module.v.blocks.{i}.*, module.v.norm.*                 -> blocks.{i}.*, norm.* (same timm names)
         module.p_input_fdim / p_input_tdim (0-dim ints)        -> num_mel_bins / target_frames; patch from the conv
         ignored: module.v.head*, module.cpredlayer/gpredlayer/mask_embed (see load_official_ssast_model)
+    official fine-tuned SSAST (traintest.py saves the DataParallel state dict: no p_input_*, no pretraining heads)
+        module.v.* as above, already on the fine-tuning grid     -> as above; the shape: see finetuned_shapes
+        module.mlp_head.0 / .1 (LayerNorm, Linear)              -> a ``mean`` (ft_avgtok) or ``cls`` (ft_cls) head's
+                                                                   norm / last Linear (load_official_ssast_classifier)
     official Audio-MAE (``{'model': sd}``, or the full ``{'model','optimizer','epoch','scaler','args'}``, or sd)
         cls_token (1,1,D)                                       -> cls_tokens (1, 1, D)
         pos_embed (1, 1+N, D), fixed sin-cos, time-major rows   -> pos_embed as is (token_order="time",
@@ -28,7 +32,7 @@ does (``encoder.adapt_pos_embed``); a fixed sin-cos one keeps the first time ste
 (the rows those tokens had in pretraining), else is rebuilt for the new grid in the checkpoint's own layout.
 
 Official fine-tune numbers. SSAST (``ft_avgtok``): head.kind=mean (final norm -> mean of the patch tokens ->
-LayerNorm + Linear), fine-tune stride 10 for patch models. Audio-MAE (models_vit ``global_pool``): the final ``norm``
+LayerNorm + Linear; ``ft_cls``: head.kind=cls, the mean of cls and dist), fine-tune stride 10 for patch models. Audio-MAE (models_vit ``global_pool``): the final ``norm``
 is *discarded*; use head.kind=mean_fc_norm (mean of the last block's raw output -> fresh fc_norm -> Linear with
 trunc_normal std 2e-5), together with the recipe's layer-wise LR decay 0.75. ``info["head"]`` names the kind.
 """
@@ -52,8 +56,11 @@ BLOCK_KEYS = tuple(f"{m}.{p}" for m in ("norm1", "attn.qkv", "attn.proj", "norm2
 FITTABLE = ("target_frames", "num_mel_bins", "stride_freq", "stride_time", "token_order", "drop_path")
 """Encoder fields a loader may change (the fine-tuning shape); the others are fixed by the weights."""
 AUDIOMAE_MEL_BINS = 128  # Audio-MAE checkpoints do not store the input size; every released one uses 128 mel bins
+SSAST_MEL_BINS = 128  # every SSAST recipe reads 128 mel bins; a fine-tuned file no longer stores p_input_fdim
 _SSAST_REQUIRED = ("v.cls_token", "v.dist_token", "v.pos_embed", "v.patch_embed.proj.weight",
-                   "v.patch_embed.proj.bias", "v.norm.weight", "v.norm.bias", "p_input_fdim", "p_input_tdim")
+                   "v.patch_embed.proj.bias", "v.norm.weight", "v.norm.bias")
+_SSAST_PRETRAIN = ("p_input_fdim", "p_input_tdim")  # the pretraining model's "trick" to store its input size
+_SSAST_FT_HEAD = ("mlp_head.0.weight", "mlp_head.0.bias", "mlp_head.1.weight", "mlp_head.1.bias")
 _MAE_REQUIRED = ("cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias")
 _WIDTHS = {w: name for name, (w, _, _) in MODEL_SIZES.items()}
 
@@ -84,7 +91,8 @@ def _required_missing(sd: Mapping[str, Any], required: tuple[str, ...], blocks: 
 
 
 def ssast_state(name: str, obj: Any) -> dict[str, Tensor]:
-    """The official SSAST state dict without its ``module.`` prefix; BadInput if keys are missing."""
+    """The official SSAST state dict (pretraining or fine-tuned) without its ``module.`` prefix; BadInput if keys
+    are missing."""
     sd = obj.get("model", obj) if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping) else obj
     if not isinstance(sd, Mapping):
         raise BadInput(f"{name}: not an SSAST or Audio-MAE checkpoint: holds a {type(sd).__name__}, not a dict")
@@ -93,7 +101,16 @@ def ssast_state(name: str, obj: Any) -> dict[str, Tensor]:
     missing = _required_missing(sd, _SSAST_REQUIRED, "v.blocks.", show="module.")
     if missing:
         raise _missing(name, missing)
+    if not is_finetuned_ssast(sd) and any(k not in sd for k in _SSAST_PRETRAIN):
+        raise BadInput(f"{name}: not an SSAST or Audio-MAE checkpoint: missing module.p_input_fdim (a pretraining "
+                       "file) or module.mlp_head.1.weight (a fine-tuned file)")
     return dict(sd)
+
+
+def is_finetuned_ssast(sd: Mapping[str, Any]) -> bool:
+    """A fine-tuned ASTModel's state (unprefixed): ``mlp_head`` and no ``p_input_*`` (the pretraining model that held
+    them is dropped once its ``v`` is taken, ast_models.py ``pretrain_stage=False``)."""
+    return "mlp_head.1.weight" in sd and "p_input_fdim" not in sd
 
 
 def audiomae_state(name: str, obj: Any) -> dict[str, Tensor]:
@@ -221,8 +238,29 @@ def _fit_sincos(pos: Tensor, old: EncoderConfig, new: EncoderConfig, notes: list
 
 
 # ---------------------------------------------------------------------------------------------- SSAST in / out
+def _ssast_encoder_weights(name: str, sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Our Encoder's tensors from an unprefixed SSAST state: ``v.*`` minus the timm heads, cls + dist stacked."""
+    d = sd["v.patch_embed.proj.weight"].shape[0]
+    enc = {k[2:]: v for k, v in sd.items() if k.startswith(("v.blocks.", "v.norm.", "v.patch_embed.", "v.pos_"))}
+    if tuple(sd["v.cls_token"].shape) != (1, 1, d) or sd["v.dist_token"].shape != sd["v.cls_token"].shape:
+        raise BadInput(f"{name}: module.v.cls_token / dist_token have shapes {tuple(sd['v.cls_token'].shape)} / "
+                       f"{tuple(sd['v.dist_token'].shape)}, expected (1, 1, {d})")
+    enc["cls_tokens"] = torch.cat([sd["v.cls_token"], sd["v.dist_token"]], dim=1)  # [1, 2, D]: cls, then dist
+    return enc
+
+
+def _ssast_show(key: str) -> str:
+    return "module.v." + key if key != "cls_tokens" else "module.v.cls_token"
+
+
 def ssast_to_encoder(name: str, obj: Any, overrides: Mapping[str, Any], notes: list[str]):
+    """Pretraining or fine-tuned SSAST file -> (cfg, Encoder state fitted to ``overrides``, unprefixed file state).
+    A fine-tuned file's own shape comes from ``overrides`` where they fit it, else from its shapes; its position
+    embedding is then adapted to ``overrides`` like a pretraining one (a fine-tuning start from it)."""
     sd = ssast_state(name, obj)
+    if is_finetuned_ssast(sd):
+        cfg, enc = _ssast_finetuned_encoder(name, sd, overrides, notes, adapt=True)
+        return (*fit_encoder(name, cfg, enc, overrides, notes), sd)
     w = sd["v.patch_embed.proj.weight"]
     size, depth = size_of(name, w.shape[0], _num_blocks(sd, "v.blocks."))
     try:
@@ -232,13 +270,140 @@ def ssast_to_encoder(name: str, obj: Any, overrides: Mapping[str, Any], notes: l
                             token_order="freq")
     except ValueError as e:
         raise BadInput(f"{name}: {e}") from None
-    enc = {k[2:]: v for k, v in sd.items() if k.startswith(("v.blocks.", "v.norm.", "v.patch_embed.", "v.pos_"))}
-    if tuple(sd["v.cls_token"].shape) != (1, 1, w.shape[0]) or sd["v.dist_token"].shape != sd["v.cls_token"].shape:
-        raise BadInput(f"{name}: module.v.cls_token / dist_token have shapes {tuple(sd['v.cls_token'].shape)} / "
-                       f"{tuple(sd['v.dist_token'].shape)}, expected (1, 1, {w.shape[0]})")
-    enc["cls_tokens"] = torch.cat([sd["v.cls_token"], sd["v.dist_token"]], dim=1)  # [1, 2, D]: cls, then dist
-    check_encoder_state(name, cfg, enc, show=lambda k: "module.v." + k if k != "cls_tokens" else "module.v.cls_token")
+    enc = _ssast_encoder_weights(name, sd)
+    check_encoder_state(name, cfg, enc, show=_ssast_show)
     return (*fit_encoder(name, cfg, enc, overrides, notes), sd)
+
+
+# ------------------------------------------------------------------------------------- fine-tuned SSAST files
+SHAPE_KEYS = ("num_mel_bins", "stride_freq", "stride_time", "target_frames")
+"""What a fine-tuned SSAST file does not store: the conv stride is no parameter, and p_input_* went with the
+pretraining model. Only the number of patch tokens (pos_embed rows - 2) and the patch (conv kernel) are left."""
+
+
+def finetuned_shapes(patch: tuple[int, int], n_patches: int, num_mel_bins: int, stride_freq: int | None = None,
+                     stride_time: int | None = None, target_frames: int | None = None) -> list[dict[str, int]]:
+    """Every input shape under which ASTModel's conv (kernel ``patch``) yields ``n_patches`` tokens on
+    ``num_mel_bins`` mel bins: dicts of :data:`SHAPE_KEYS`. None = unknown: strides 1..patch are tried; an unknown
+    frame count is the shortest clip with that grid (up to stride-1 more frames give the same tokens: the conv
+    never reads them). A grid of one row (column) reads offset 0 at any stride: listed once, with stride = patch."""
+    pf, pt = patch
+    if num_mel_bins < pf or n_patches < 1:
+        return []
+    found: dict[tuple[int, int, int], None] = {}
+    for sf in ([stride_freq] if stride_freq else range(1, pf + 1)):
+        f_dim = (num_mel_bins - pf) // sf + 1  # get_shape's conv arithmetic
+        if n_patches % f_dim:
+            continue
+        t_dim = n_patches // f_dim
+        for st in ([stride_time] if stride_time else range(1, pt + 1)):
+            if target_frames is None:
+                frames = pt + (t_dim - 1) * st
+            elif target_frames >= pt and (target_frames - pt) // st + 1 == t_dim:
+                frames = target_frames
+            else:
+                continue
+            found[(pf if f_dim == 1 else sf, pt if t_dim == 1 else st, frames)] = None
+    return [dict(num_mel_bins=num_mel_bins, stride_freq=sf, stride_time=st, target_frames=frames)
+            for sf, st, frames in found]
+
+
+def _grid_of(shape: Mapping[str, int], patch: tuple[int, int]) -> tuple[int, int]:
+    return ((shape["num_mel_bins"] - patch[0]) // shape["stride_freq"] + 1,
+            (shape["target_frames"] - patch[1]) // shape["stride_time"] + 1)
+
+
+def _show_shape(s: Mapping[str, int]) -> str:
+    return f"stride {s['stride_freq']}x{s['stride_time']} on {s['num_mel_bins']} mel x {s['target_frames']} frames"
+
+
+def resolve_finetuned_shape(name: str, patch: tuple[int, int], n_patches: int, given: Mapping[str, Any],
+                            adapt: bool, notes: list[str]) -> dict[str, int]:
+    """The fine-tuned file's own shape: the one shape of :func:`finetuned_shapes` that fits the ``given`` values
+    (None or absent: unknown; num_mel_bins defaults to 128); BadInput (one line, naming the keys to give) when none
+    or several fit. ``adapt`` (a fine-tuning start, ``given`` is the new input): when nothing fits the given frame
+    count, the file's grid alone is enough (its position embedding is then adapted as SSAST's fine-tuning does)."""
+    mel = given.get("num_mel_bins") or SSAST_MEL_BINS
+    sf, st, frames = given.get("stride_freq"), given.get("stride_time"), given.get("target_frames")
+    shapes = finetuned_shapes(patch, n_patches, mel, sf, st, frames)
+    how = "given" if sf and st and frames else "inferred from the shapes"
+    if not shapes and adapt and frames is not None:
+        shapes = finetuned_shapes(patch, n_patches, mel, sf, None, None)
+        grids = {_grid_of(s, patch) for s in shapes}
+        if len(grids) == 1:  # one grid: which time stride made it does not matter to a new fine-tuning
+            shapes = [min(shapes, key=lambda s: s["stride_time"] != (st or patch[1]))]
+            how = "its own grid, from the shapes; then adapted to the fine-tuning input"
+    pf, pt = patch
+    what = f"{name}: a fine-tuned SSAST file with {n_patches} patch tokens of {pf}x{pt}"
+    keys = [k for k, v in (("encoder.stride_freq", sf), ("encoder.stride_time", st),
+                           ("the frame count (target_frames)", frames)) if not v]
+    if not shapes:
+        known = [f"{k}={v}" for k, v in (("stride_freq", sf), ("stride_time", st), ("target_frames", frames)) if v]
+        raise BadInput(f"{what}: no fine-tuning shape fits {mel} mel bins{' and ' + ', '.join(known) if known else ''}"
+                       "; give the encoder.stride_freq, encoder.stride_time, target_frames (and encoder.num_mel_bins "
+                       "if not 128) it was fine-tuned with")
+    if len(shapes) > 1:
+        more = f"; +{len(shapes) - 3} more" if len(shapes) > 3 else ""
+        shown = "; ".join(_show_shape(s) for s in shapes[:3]) + more
+        raise BadInput(f"{what} fits several fine-tuning shapes ({shown}): give {', '.join(keys) or 'the shape'}")
+    shape = shapes[0]
+    f_dim, t_dim = _grid_of(shape, patch)
+    notes.append(f"fine-tuned SSAST file: {f_dim}x{t_dim} patches = {_show_shape(shape)} ({how})")
+    if not given.get("num_mel_bins"):
+        notes.append(f"{SSAST_MEL_BINS} mel bins assumed (every SSAST recipe; give encoder.num_mel_bins otherwise)")
+    if not frames and shape["stride_time"] > 1 and t_dim > 1:
+        notes.append(f"target_frames {shape['target_frames']}: the shortest clip with this grid (up to "
+                     f"{shape['stride_time'] - 1} more frames give the same tokens)")
+    return shape
+
+
+def _ssast_finetuned_encoder(name: str, sd: Mapping[str, Tensor], given: Mapping[str, Any], notes: list[str],
+                             adapt: bool) -> tuple[EncoderConfig, dict[str, Tensor]]:
+    """(cfg on the file's own grid, Encoder state) of a fine-tuned SSAST file; ``given``: known shape values."""
+    w = sd["v.patch_embed.proj.weight"]
+    size, depth = size_of(name, w.shape[0], _num_blocks(sd, "v.blocks."))
+    patch = (int(w.shape[2]), int(w.shape[3]))
+    shape = resolve_finetuned_shape(name, patch, sd["v.pos_embed"].shape[1] - 2, given, adapt, notes)
+    try:
+        cfg = EncoderConfig(size=size, depth=depth, patch_freq=patch[0], patch_time=patch[1], cls_tokens=2,
+                            pos_embed="learned", token_order="freq", **shape)
+    except ValueError as e:
+        raise BadInput(f"{name}: {e}") from None
+    enc = _ssast_encoder_weights(name, sd)
+    check_encoder_state(name, cfg, enc, show=_ssast_show)
+    return cfg, enc
+
+
+def ssast_classifier_state(name: str, obj: Any, given: Mapping[str, Any], notes: list[str]):
+    """A fine-tuned SSAST file -> (cfg, Encoder state, mlp_head state ``{"0.weight", "0.bias", "1.weight",
+    "1.bias"}``: LayerNorm, Linear). The encoder keeps the file's grid: ``given`` shape values must fit it
+    (the others are inferred); token_order / drop_path may change."""
+    sd = ssast_state(name, obj)
+    if not is_finetuned_ssast(sd):
+        raise BadInput(f"{name}: an SSAST pretraining file (module.p_input_fdim, no module.mlp_head): not a "
+                       "classifier; fine-tune it with ckpt=")
+    given = {k: v for k, v in given.items() if v is not None}
+    cfg, enc = _ssast_finetuned_encoder(name, sd, given, notes, adapt=False)
+    cfg, enc = fit_encoder(name, cfg, enc, {k: v for k, v in given.items() if k not in SHAPE_KEYS}, notes)
+    head = {k[len("mlp_head."):]: sd[k] for k in _SSAST_FT_HEAD if k in sd}
+    d, out = cfg.embed_dim, sd["mlp_head.1.weight"]
+    expected = {"0.weight": (d,), "0.bias": (d,), "1.weight": (out.shape[0], d), "1.bias": (out.shape[0],)}
+    for k, shape in expected.items():
+        if k not in head or tuple(head[k].shape) != shape:
+            got = tuple(head[k].shape) if k in head else "missing"
+            raise BadInput(f"{name}: module.mlp_head.{k} is {got}, expected {shape} (LayerNorm({d}) + Linear)")
+    if any(k.startswith("mlp_head.2") for k in sd):
+        raise BadInput(f"{name}: module.mlp_head has more than LayerNorm + Linear: not an SSAST release head")
+    return cfg, enc, head
+
+
+def load_official_ssast_classifier(src: str | Path | Mapping[str, Any], **given: Any):
+    """An official fine-tuned SSAST file (path or DataParallel state dict) -> (EncoderConfig, Encoder state dict,
+    mlp_head state, notes). ``given``: what is known of its fine-tuning shape (num_mel_bins, stride_freq,
+    stride_time, target_frames), the rest is inferred from its shapes where only one shape fits."""
+    name, obj = _source(src)
+    notes: list[str] = []
+    return (*ssast_classifier_state(name, obj, given, notes), notes)
 
 
 def load_official_ssast(src: str | Path | Mapping[str, Any], **overrides: Any) -> tuple[EncoderConfig, dict]:
@@ -372,5 +537,7 @@ def export_official_audiomae(model: torch.nn.Module) -> dict[str, "OrderedDict[s
 
 
 __all__ = ["load_official_ssast", "load_official_ssast_model", "load_official_audiomae", "load_official_audiomae_model",
-           "export_official_ssast", "export_official_audiomae", "fit_encoder", "detect_official",
-           "encoder_shapes", "check_encoder_state", "ssast_to_encoder", "audiomae_to_encoder", "size_of", "FITTABLE"]
+           "load_official_ssast_classifier", "export_official_ssast", "export_official_audiomae", "fit_encoder",
+           "detect_official", "encoder_shapes", "check_encoder_state", "ssast_to_encoder", "audiomae_to_encoder",
+           "ssast_classifier_state", "finetuned_shapes", "resolve_finetuned_shape", "is_finetuned_ssast", "size_of",
+           "FITTABLE", "SSAST_MEL_BINS"]

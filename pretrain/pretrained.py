@@ -8,6 +8,8 @@
                                        from ``<run>/config.yaml``
     an official SSAST file            raw DataParallel state dict (pretrain/official.py)
     an official Audio-MAE file        ``{'model': ...}`` (pretrained.pth or finetuned.pth)
+    a transformers AST folder         ``ASTModel`` / ``ASTForAudioClassification``: config.json + model.safetensors
+                                       or pytorch_model.bin (pretrain/transformers_ast.py); its head is left out
 
 and returns a state dict that ``Encoder(cfg).load_state_dict`` takes as is, already fitted to the fine-tuning shape
 given by ``encoder_overrides`` (target_frames, num_mel_bins, stride_freq, stride_time, token_order, drop_path; see
@@ -30,6 +32,7 @@ from torch import Tensor
 
 from launch.common.errors import BadInput
 from launch.runtime import checkpoints
+from pretrain import transformers_ast
 from pretrain.encoder import EncoderConfig
 from pretrain.official import (
     FITTABLE,
@@ -63,6 +66,9 @@ def load_encoder(path: str | Path, **overrides: Any) -> tuple[EncoderConfig, dic
     p, name, notes = Path(path), str(path), []
     if not p.exists():
         raise BadInput(f"{name}: no such file or directory")
+    if transformers_ast.ast_folder_of(p) is not None:  # a transformers AST folder (config.json + weights)
+        cfg, sd, notes, extra = transformers_ast.read_ast_encoder(p, overrides)
+        return cfg, sd, {**_info("transformers-ast", "ssast", name, notes), **extra}
     if p.is_dir() or p.name.endswith("_model_states.pt"):  # a DeepSpeed file: read its checkpoint folder
         return _load_deepspeed(p if p.is_dir() else p.parent, overrides, notes)
     obj = checkpoints.read_torch(p)

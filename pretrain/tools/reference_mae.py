@@ -12,8 +12,9 @@ drawn inside ``forward`` from ``torch.rand`` noise as official (or from a given 
 Deviations, none of which changes a number: the local decoder's grid, depth (official: 16), window and ``meta_mlp``
 width are parameters (official: hard-coded feat_size (64, 8), window (4, 4), 16 blocks, 384); its Swin-V2 blocks are
 pretrain/swin.py's ``LocalDecoderBlock`` (released parameter names, same roll / window / -100 mask code) with the
-attention replaced by timm_patch's naive ``_forward_batch``; the fine-tune model has no ``forward_features_mask``
-(the fine-tuning-time token masking) and no mixup.
+attention replaced by timm_patch's naive ``_forward_batch``; the fine-tune model's ``random_masking_2d`` takes its
+T x F grid from ``img_size`` (official: hard-coded 64 x 8) and optional ``noise_t`` / ``noise_f`` (official: always
+``torch.rand``); it has no mixup.
 """
 from __future__ import annotations
 
@@ -214,6 +215,7 @@ class OfficialAudioMAEViT(nn.Module):
         p = patch_size
         self.patch_embed = PatchEmbed(embed_dim, (p, p), (p, p))
         num_patches = (img_size[0] // p) * (img_size[1] // p)
+        self.grid_tf = (img_size[0] // p, img_size[1] // p)  # random_masking_2d's T, F (official: hard-coded 64, 8)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim), requires_grad=False)
         self.pos_drop = nn.Dropout(0.0)
@@ -255,7 +257,51 @@ class OfficialAudioMAEViT(nn.Module):
             return self.fc_norm(x[:, 1:, :].mean(dim=1))  # global pool without cls token, no final norm
         return self.norm(x)[:, 0]
 
-    def forward(self, x: Tensor) -> Tensor:
+    def random_masking_2d(self, x: Tensor, mask_t_prob: float, mask_f_prob: float, noise_t: Optional[Tensor] = None,
+                          noise_f: Optional[Tensor] = None) -> Tensor:
+        """models_vit.py ``random_masking_2d``: x [N, T*F, D] time-major -> the kept time steps x kept bands
+        [N, T'*F', D], gathered in noise order (time by ``argsort(noise_t)[:T']``, then bands by
+        ``argsort(noise_f)[:F']``)."""
+        N, L, D = x.shape
+        T, F = self.grid_tf
+        x = x.reshape(N, T, F, D)
+        len_keep_T = int(T * (1 - mask_t_prob))
+        if noise_t is None:
+            noise_t = torch.rand(N, T, device=x.device)
+        ids_shuffle = torch.argsort(noise_t.to(x.device), dim=1)  # ascend: small is keep, large is remove
+        ids_keep = ids_shuffle[:, :len_keep_T]
+        index = ids_keep.unsqueeze(-1).unsqueeze(-1).repeat(1, 1, F, D)
+        x = torch.gather(x, dim=1, index=index)  # N, len_keep_T(T'), F, D
+        x = x.permute(0, 2, 1, 3)  # N T' F D => N F T' D
+        len_keep_F = int(F * (1 - mask_f_prob))
+        if noise_f is None:
+            noise_f = torch.rand(N, F, device=x.device)
+        ids_shuffle = torch.argsort(noise_f.to(x.device), dim=1)
+        ids_keep = ids_shuffle[:, :len_keep_F]
+        index = ids_keep.unsqueeze(-1).unsqueeze(-1).repeat(1, 1, len_keep_T, D)
+        x_masked = torch.gather(x, dim=1, index=index)
+        x_masked = x_masked.permute(0, 2, 1, 3)  # N F' T' D => N T' F' D
+        return x_masked.reshape(N, len_keep_F * len_keep_T, D)
+
+    def forward_features_mask(self, x: Tensor, mask_t_prob: float, mask_f_prob: float,
+                              noise_t: Optional[Tensor] = None, noise_f: Optional[Tensor] = None) -> Tensor:
+        """models_vit.py: always the 2-D path (``if self.random_masking_2d:`` tests a bound method, always true)."""
+        B = x.shape[0]
+        x = self.patch_embed(x)
+        x = x + self.pos_embed[:, 1:, :]
+        x = self.random_masking_2d(x, mask_t_prob, mask_f_prob, noise_t, noise_f)
+        cls_tokens = (self.cls_token + self.pos_embed[:, :1, :]).expand(B, -1, -1)
+        x = self.pos_drop(torch.cat((cls_tokens, x), dim=1))
+        for blk in self.blocks:
+            x = blk(x)
+        if self.global_pool:
+            return self.fc_norm(x[:, 1:, :].mean(dim=1))
+        return self.norm(x)[:, 0]
+
+    def forward(self, x: Tensor, mask_t_prob: float = 0.0, mask_f_prob: float = 0.0,
+                noise_t: Optional[Tensor] = None, noise_f: Optional[Tensor] = None) -> Tensor:
+        if mask_t_prob > 0.0 or mask_f_prob > 0.0:
+            return self.head(self.forward_features_mask(x, mask_t_prob, mask_f_prob, noise_t, noise_f))
         return self.head(self.forward_features(x))
 
 

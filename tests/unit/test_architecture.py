@@ -8,7 +8,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 FOLDERS = ("launch", "shards", "pretrain", "finetune")
 """Bottom to top: a module may import its own folder or a folder to its left, never one to its right."""
-ENTRY_SCRIPTS = {"launch.pretrain", "shards.build", "finetune.layerwise", "finetune.pseudolabel"}
+ENTRY_SCRIPTS = {"launch.pretrain", "shards.build", "finetune.layerwise", "finetune.pseudolabel", "finetune.predict",
+                  "finetune.export"}
 """Thin scripts that name the task they run (nothing of ours imports them)."""
 
 

@@ -6,8 +6,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from finetune.heads import (HEAD_KINDS, HeadConfig, LayerwiseHead, MLPHead, build_head, mean_patch_tokens,
-                            set_requires_grad, weighted_layer_sum)
+from finetune.heads import (
+    HEAD_KINDS,
+    HeadConfig,
+    LayerwiseHead,
+    MLPHead,
+    build_head,
+    cls_token_pool,
+    mean_patch_tokens,
+    set_requires_grad,
+    weighted_layer_sum,
+)
 
 B, C, N, D, L, K = 3, 2, 5, 8, 4, 6  # batch, cls tokens, patch tokens, width, layers, classes
 
@@ -62,6 +71,22 @@ def test_mean_head_matches_ssast_ft_avgtok():
     torch.testing.assert_close(head(last, layers, C), expected)
 
 
+def test_cls_head_matches_ssast_ft_cls_with_the_mean_heads_parameters():
+    last, layers = make_inputs()
+    head = randomise(build_head(HeadConfig(kind="cls"), D, L, K))
+    mean = build_head(HeadConfig(kind="mean"), D, L, K)
+    assert [(n, p.shape) for n, p in head.named_parameters()] == [(n, p.shape) for n, p in mean.named_parameters()]
+    assert head.norm.eps == 1e-5 and not head.needs_layers
+    expected = linear(ln((last[:, 0] + last[:, 1]) / 2, head.norm), head.mlp[-1])  # ast_models.py finetuningcls
+    torch.testing.assert_close(head(last, [], C), expected)
+    torch.testing.assert_close(head(last, layers, 1), linear(ln(last[:, 0], head.norm), head.mlp[-1]))  # one token
+    last2 = last.clone()
+    last2[:, C:] = 1e3 * torch.randn(B, N, D)  # the patch tokens do not matter
+    torch.testing.assert_close(head(last2, layers, C), expected)
+    with pytest.raises(ValueError, match="1 or 2 cls tokens"):
+        cls_token_pool(last, 0)
+
+
 def test_mean_fc_norm_head_pools_last_block_without_final_norm():
     last, layers = make_inputs()
     head = randomise(build_head(HeadConfig(kind="mean_fc_norm"), D, L, K))
@@ -105,7 +130,7 @@ def test_mlp_head_hidden_layers():
     assert [type(m) for m in MLPHead(D, K)] == [nn.Dropout, nn.Linear]
 
 
-@pytest.mark.parametrize("kind", HEAD_KINDS)
+@pytest.mark.parametrize("kind", [k for k in HEAD_KINDS if k != "cls"])
 def test_cls_tokens_do_not_change_the_output(kind):
     last, layers = make_inputs()
     head = randomise(build_head(HeadConfig(kind=kind), D, L, K))
@@ -148,8 +173,8 @@ def test_wrong_layer_count_and_bad_config_fail_loudly():
     with pytest.raises(ValueError, match="return_layers"):
         build_head(HeadConfig(kind="mean_fc_norm"), D, L, K)(last, [], C)
     assert not build_head(HeadConfig(kind="mean"), D, L, K)(last, [], C).isnan().any()  # mean needs no layers
-    assert [build_head(HeadConfig(kind=k), D, L, K).needs_layers for k in HEAD_KINDS] == [False] + [True] * 4
-    for bad in (dict(kind="cls"), dict(activation="tanh"), dict(dropout=1.0), dict(hidden=[0])):
+    assert [build_head(HeadConfig(kind=k), D, L, K).needs_layers for k in HEAD_KINDS] == [False, False] + [True] * 4
+    for bad in (dict(kind="token"), dict(activation="tanh"), dict(dropout=1.0), dict(hidden=[0])):
         with pytest.raises(ValueError):
             HeadConfig(**bad)
 

@@ -25,7 +25,7 @@ def test_parse_time_refuses_garbage():
 
 
 @pytest.mark.parametrize("script", ["shards/build.py", "launch/pretrain.py", "finetune/layerwise.py",
-                                    "finetune/pseudolabel.py"])
+                                    "finetune/pseudolabel.py", "finetune/predict.py", "finetune/export.py"])
 def test_entry_scripts_run_by_path(script):
     for cwd in (REPO, REPO / Path(script).parent):
         path = REPO / script
@@ -59,7 +59,9 @@ def test_unknown_flag_and_key_fail_in_one_line_before_submitting(capsys):
 @pytest.mark.parametrize("command,script", [("tessera-shards", "shards/build.py"),
                                             ("tessera-pretrain", "launch/pretrain.py"),
                                             ("tessera-finetune", "finetune/layerwise.py"),
-                                            ("tessera-pseudolabel", "finetune/pseudolabel.py")])
+                                            ("tessera-pseudolabel", "finetune/pseudolabel.py"),
+                                            ("tessera-predict", "finetune/predict.py"),
+                                            ("tessera-export", "finetune/export.py")])
 def test_console_scripts_are_the_entry_scripts(command, script):
     """pyproject's console scripts run the same commands as ``python path/to/script.py`` (same options)."""
     exe = Path(sys.executable).parent / command

@@ -9,7 +9,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pretrain.encoder import freq_ids_to_tokens
-from pretrain.masking import mae_mask_2d, mae_random_masking, random_mask_ids, ssast_cluster_mask
+from pretrain.masking import (
+    mae_mask_2d,
+    mae_random_masking,
+    mask_2d_from_noise,
+    masking_from_noise,
+    random_mask_ids,
+    ssast_cluster_mask,
+)
+from pretrain.tools.reference_mae import OfficialAudioMAEViT
 from pretrain.tools.reference_ssast import gen_maskid_patch
 
 # Masked fraction per frequency row of the official generator on 8x64 (models.md §1.3).
@@ -116,3 +124,57 @@ def test_mae_mask_2d_properties(b, f, t, rt, rf, order, seed):
     grid = mask.view(b, f, t) if order == "freq" else mask.view(b, t, f).transpose(1, 2)  # [B, f, t]
     kept = grid == 0
     assert torch.all(kept.any(2).sum(1) == kf) and torch.all(kept.any(1).sum(1) == kt)  # whole rows / columns
+
+
+# Hand-worked: argsort([.5, .1, .9, .3]) = [1, 3, 0, 2], so the official rule keeps tokens {1, 3} (the two smallest
+# noises); the inverse permutation [2, 0, 3, 1] would keep {0, 2} instead. For frequency argsort([.7, .2, .4]) =
+# [1, 2, 0]: bands {1, 2} (not {0, 2}).
+NOISE_T, NOISE_F = torch.tensor([[0.5, 0.1, 0.9, 0.3]]), torch.tensor([[0.7, 0.2, 0.4]])
+
+
+def test_1d_masking_keeps_the_smallest_noises_as_official():
+    keep, restore, mask = masking_from_noise(NOISE_T, 2)
+    assert keep.tolist() == [[1, 3]] and restore.tolist() == [[2, 0, 3, 1]] and mask.tolist() == [[1, 0, 1, 0]]
+
+
+def test_2d_masking_keeps_the_smallest_time_and_frequency_noises_as_official():
+    # f_dim 3 x t_dim 4, time steps {1, 3} x bands {1, 2}: time-major ids t*3+f, frequency-major ids f*4+t
+    keep, restore, mask = mask_2d_from_noise(NOISE_T, NOISE_F, 2, 2, token_order="time")
+    assert keep.tolist() == [[4, 5, 10, 11]]
+    assert mask.view(4, 3).tolist() == [[1, 1, 1], [1, 0, 0], [1, 1, 1], [1, 0, 0]]  # [t, f]
+    assert restore.argsort(1)[:, :4].tolist() == [[4, 5, 10, 11]]
+    assert mask_2d_from_noise(NOISE_T, NOISE_F, 2, 2, token_order="freq")[0].tolist() == [[5, 7, 9, 11]]
+
+
+def test_2d_masking_equals_the_official_random_masking_2d_on_the_same_noise():
+    """mae_mask_2d draws the time noise, then the frequency noise; the reference models_vit.py ``random_masking_2d``
+    on that noise keeps the same tokens (in noise order), and its masked forward equals our classifier's with them."""
+    from finetune.heads import HeadConfig, build_head
+    from finetune.model import Classifier
+    from pretrain.encoder import Encoder
+    from pretrain.official import load_official_audiomae
+
+    b, (f_dim, t_dim), rt, rf = 3, (8, 5), 0.4, 0.3  # keeps 3 of 5 time steps x 5 of 8 bands
+    keep, _, _ = mae_mask_2d(b, (f_dim, t_dim), rt, rf, generator=gen(7), token_order="time")
+    g = gen(7)
+    noise_t, noise_f = torch.rand(b, t_dim, generator=g), torch.rand(b, f_dim, generator=g)
+    vit = OfficialAudioMAEViT(num_classes=3, img_size=(16 * t_dim, 128), embed_dim=192, depth=1, num_heads=3,
+                              drop_path_rate=0.0).double()
+    with torch.no_grad():
+        for p in vit.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype) + (p.ndim == 1) * 1.0)
+    vit.eval()
+    ids = torch.arange(f_dim * t_dim, dtype=torch.float64).view(1, -1, 1).expand(b, -1, 2)  # token id as feature
+    kept = vit.random_masking_2d(ids, rt, rf, noise_t, noise_f)[..., 0].long()
+    assert kept.shape == (b, 3 * 5) and torch.equal(kept.sort(1).values, keep)
+    cfg, enc_sd = load_official_audiomae({"model": vit.state_dict()})
+    encoder = Encoder(cfg).double()
+    encoder.load_state_dict(enc_sd)
+    head = build_head(HeadConfig(kind="mean_fc_norm"), 192, 1, 3).double()
+    head.norm.load_state_dict(vit.fc_norm.state_dict())
+    head.mlp[-1].load_state_dict(vit.head.state_dict())
+    model = Classifier(encoder, head).eval()
+    x = torch.randn(b, 16 * t_dim, 128, dtype=torch.float64, generator=g)  # [B, T, F]
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, keep), vit(x.unsqueeze(1), rt, rf, noise_t, noise_f), atol=1e-10,
+                                   rtol=1e-10)
