@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
+from finetune.cnn import CNNConfig
+from finetune.distill import DistillConfig
 from finetune.heads import HeadConfig
 from launch.runtime.config import (
     CheckpointConfig,
@@ -19,6 +21,7 @@ from launch.runtime.config import (
     check,
     config_hash,
     merge_config,
+    since,
 )
 from pretrain.encoder import EncoderConfig
 from shards.default import SyntheticDataConfig
@@ -47,8 +50,37 @@ class FinetuneDataConfig:
 
 
 @dataclass
+class DeviceIRConfig:
+    """Device impulse response augmentation (CP-JKU's DCASE 2023 Task 1 system, ``DIRAugmentDataset``): a training
+    clip is convolved with an impulse response drawn at random from a folder of measured microphones / devices."""
+
+    path: str = ""
+    """Folder of impulse responses, searched recursively; any soundfile format (wav, flac, ogg, aiff ...), any rate
+    (resampled once to ``data.stream.sample_rate``), channels averaged. "synthetic": the embedded corpus's stand-in
+    collection (``<corpus>/device_irs/``, extra simulated devices). Empty: off."""
+    p: float = 0.6
+    """Probability that a (chosen) training clip is convolved; CP-JKU ``--dir_prob 0.6``."""
+    devices: Optional[list[str]] = None
+    """Convolve only clips whose ``meta.device`` is one of these (CP-JKU: ``[a]``, the reference device, so phone
+    recordings are not coloured twice); None: every clip."""
+    keep_level: bool = True
+    """Rescale each convolved clip to its RMS before the convolution. CP-JKU keep the output as it is (MicIRP files are
+    peak-normalised, so the level then depends on the IR: about +6 dB for theirs)."""
+    max_seconds: float = 2.0
+    """Refuse longer impulse responses (a device IR lasts milliseconds; MicIRP's files 0.4-0.5 s; a long file is
+    likely a room response or a recording put there by mistake)."""
+
+    def __post_init__(self) -> None:
+        check("augment.device_ir.p", self.p, 0.0 <= self.p <= 1.0, "a probability in [0, 1]")
+        check("augment.device_ir.max_seconds", self.max_seconds, 0 < self.max_seconds <= 60, "0 < seconds <= 60")
+        check("augment.device_ir.devices", self.devices, self.devices is None or len(self.devices) > 0,
+              "a non-empty list of device names, or null (every clip)")
+
+
+@dataclass
 class AugmentConfig:
-    """The augmentations the layer-wise paper tried (SpecAugment and fbank noise live in ``data.features``)."""
+    """The augmentations the layer-wise paper tried (SpecAugment and fbank noise live in ``data.features``), and the
+    device-robust ones of CP-JKU's DCASE Task 1 systems (frequency-wise MixStyle, device impulse responses)."""
 
     mixup: float = 0.0
     """Probability that a clip is mixed with another clip of the batch (waveform mixup, SSAST's loader)."""
@@ -58,12 +90,21 @@ class AugmentConfig:
     """Fraction of the token grid's time steps dropped while training (Audio-MAE fine-tuning ``mask_t_prob``: 0.2)."""
     token_mask_freq: float = 0.0
     """Fraction of the token grid's frequency bands dropped while training (Audio-MAE ``mask_f_prob``: 0.2)."""
+    freq_mixstyle: float = since("0.2", 0.0)
+    """Probability that a training batch gets frequency-wise MixStyle (Schmid et al., DCASE 2022: each clip's
+    per-mel-band mean and std over time replaced by a mix with another clip's). CP-JKU use 0.4 (DCASE 2023
+    ``--mixstyle_p``) and 0.6 (DCASE 2022 submission 2). 0: off."""
+    freq_mixstyle_alpha: float = since("0.2", 0.3)
+    """lambda ~ Beta(alpha, alpha) per clip; CP-JKU ``mixstyle_alpha`` 0.3 (DCASE 2022 and 2023)."""
+    device_ir: DeviceIRConfig = since("0.2", default_factory=DeviceIRConfig)
 
     def __post_init__(self) -> None:
         check("augment.mixup", self.mixup, 0.0 <= self.mixup <= 1.0, "a probability in [0, 1]")
         check("augment.mixup_alpha", self.mixup_alpha, self.mixup_alpha >= 0, ">= 0 (0: lambda = 1)")
         for name in ("token_mask_time", "token_mask_freq"):
             check(f"augment.{name}", getattr(self, name), 0.0 <= getattr(self, name) < 1.0, "a fraction in [0, 1)")
+        check("augment.freq_mixstyle", self.freq_mixstyle, 0.0 <= self.freq_mixstyle <= 1.0, "a probability in [0, 1]")
+        check("augment.freq_mixstyle_alpha", self.freq_mixstyle_alpha, self.freq_mixstyle_alpha > 0, "> 0")
 
 
 @dataclass
@@ -137,8 +178,15 @@ class FinetuneConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    # --- distillation and the DCASE-size student (0.2)
+    model: str = since("0.2", "transformer")
+    """"transformer": the pretrained encoder (``ckpt``) plus ``head``; "cnn": the DCASE-size CNN student of ``cnn``,
+    trained from scratch (``ckpt``, ``head`` and ``encoder`` unused). In the semi-supervised pipeline: the student's."""
+    cnn: CNNConfig = since("0.2", default_factory=CNNConfig)
+    distill: DistillConfig = since("0.2", default_factory=DistillConfig)
 
     def __post_init__(self) -> None:
+        check("model", repr(self.model), self.model in ("transformer", "cnn"), "'transformer' or 'cnn'")
         check("steps", self.steps, self.steps >= 1, "at least 1 optimizer step")
         check("eval_every", self.eval_every, self.eval_every >= 1, ">= 1 (validate every this many steps)")
         check("early_stop", self.early_stop, self.early_stop >= 0, ">= 0 (0: never)")
@@ -150,4 +198,5 @@ def load_finetune_config(argv: Sequence[str] = ()) -> FinetuneConfig:
 
 
 def resolve_run_dir(cfg: FinetuneConfig) -> Path:
-    return Path(cfg.run_dir or f"runs/finetune/{cfg.head.kind}-{config_hash(cfg)}").resolve()
+    name = cfg.head.kind if cfg.model == "transformer" else cfg.model
+    return Path(cfg.run_dir or f"runs/finetune/{name}-{config_hash(cfg)}").resolve()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import io
 import json
 import logging
 import os
@@ -20,8 +21,9 @@ from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
-from launch.common.errors import BadInput
+from launch.common.errors import BadInput, check
 from launch.common.files import atomic_write
+from launch.runtime.config import since
 from shards.manifest import MANIFEST, read_manifest
 from shards.writer import FORMAT, tar_writer
 
@@ -45,7 +47,14 @@ class PseudoLabelConfig:
     student_init: str = "pretrained"
     """Student starts from the "pretrained" encoder or from the "teacher" weights."""
     soft: bool = False
-    """Also store the full probability vector (``probs`` in each clip's json) for soft-label training."""
+    """Also store the full probability vector (``probs`` in each clip's json) for soft-label training (always stored
+    with ``distill.targets=soft``, which trains on it)."""
+    ensemble: str = since("0.2", "probs")
+    """How the teachers of ``teacher=[RUN, RUN, ...]`` are averaged: "probs" (mean probability) or "logits" (mean
+    logit before the softmax, as CP-JKU's ensemble_logits.pt)."""
+    distill_labelled: bool = since("0.2", False)
+    """With ``distill.targets=soft``: the teachers also predict the labelled clips, which then get the distillation
+    loss next to their label loss (as CP-JKU distil on their labelled training set); off: only pseudo-labelled clips."""
 
     def __post_init__(self) -> None:
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
@@ -61,6 +70,7 @@ class PseudoLabelConfig:
             raise ValueError(f"pseudo.rounds={self.rounds}: expected >= 1")
         if self.student_init not in ("pretrained", "teacher"):
             raise ValueError(f"pseudo.student_init={self.student_init!r}: expected 'pretrained' or 'teacher'")
+        check("pseudo.ensemble", repr(self.ensemble), self.ensemble in ("probs", "logits"), "'probs' or 'logits'")
 
 
 @dataclass(frozen=True)
@@ -401,4 +411,37 @@ def _write_manifest(out_dir: Path, src: dict[str, Any], entry: dict[str, Any], s
     return manifest
 
 
-__all__ = ["PseudoLabelConfig", "Selection", "print_selection", "select", "selection_report", "write_pseudo_shards"]
+# ----------------------------------------------------------------------------------------------------------------------
+# Teacher probabilities of labelled clips (distillation targets by key, next to the pseudo-labelled shards)
+
+
+def write_teacher_probs(path: Path, keys: Sequence[str], probs: np.ndarray, classes: Sequence[str],
+                        teacher: str) -> Path:
+    """``keys [N]`` and ``probs [N, C]`` as an .npz (atomic), with the class list and the teacher that made them."""
+    probs = _check_probs(probs)
+    if len(keys) != len(probs) or len(set(keys)) != len(keys):
+        raise BadInput(f"{path}: {len(keys)} keys ({len(set(keys))} distinct) for {len(probs)} rows of probabilities")
+    buf = io.BytesIO()
+    np.savez(buf, keys=np.array(list(keys), dtype=str), probs=probs.astype(np.float32),
+             classes=np.array(list(classes), dtype=str), teacher=np.array(str(teacher)))
+    return atomic_write(path, buf.getvalue())
+
+
+def read_teacher_probs(path: str | Path, classes: Sequence[str]) -> dict[str, np.ndarray]:
+    """An .npz of :func:`write_teacher_probs` -> key -> probabilities [C]; one line when it does not fit ``classes``."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            keys, probs, names = f["keys"], f["probs"], [str(c) for c in f["classes"]]
+    except FileNotFoundError:
+        raise BadInput(f"distill.teacher_probs={path}: no such file") from None
+    except Exception as e:  # noqa: BLE001 - a damaged or foreign file of any kind: one line
+        raise BadInput(f"distill.teacher_probs={path}: not a teacher-probabilities .npz (keys, probs, classes: "
+                       f"{type(e).__name__})") from None
+    if names != list(classes) or probs.shape != (len(keys), len(classes)):
+        raise BadInput(f"distill.teacher_probs={path}: probabilities {list(probs.shape)} over classes {names}, "
+                       f"expected {len(keys)} x {len(classes)} over the training data's {list(classes)}")
+    return {str(k): p for k, p in zip(keys, probs)}
+
+
+__all__ = ["PseudoLabelConfig", "Selection", "print_selection", "read_teacher_probs", "select", "selection_report",
+           "write_pseudo_shards", "write_teacher_probs"]

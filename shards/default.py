@@ -6,8 +6,10 @@ import fcntl
 import hashlib
 import json
 import logging
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterator
 
 from launch.common.errors import check
 from shards.manifest import read_manifest
@@ -49,16 +51,18 @@ def synthetic_dir(cfg: SyntheticDataConfig, sample_rate: int) -> Path:
 
 
 def ensure_synthetic(cfg: SyntheticDataConfig, sample_rate: int, workers: int = 2, console=None) -> Path:
-    """Build the synthetic shards unless a complete build exists; returns the folder. Safe to call concurrently."""
+    """Build the synthetic shards (and the stand-in device IRs) unless a complete build exists; returns the folder.
+    Safe to call concurrently."""
     from shards.sources import synthetic
 
     out = synthetic_dir(cfg, sample_rate)
     if (out / MANIFEST).exists():
         read_manifest(out / MANIFEST)  # a damaged manifest stops here in one line, not in a DataLoader worker
+        ensure_device_irs(cfg, sample_rate)  # builds made before the IRs existed get them now
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / f".{out.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building it right now: wait, then reuse
+    with _locked(out):  # another process may be building it right now: wait, then reuse
+        synthetic.write_device_irs(out / synthetic.IR_FOLDER, sample_rate)
         if not (out / MANIFEST).exists():
             log.info("building the synthetic corpus into %s (first use)", out)
             args = argparse.Namespace(source="synthetic", seed=cfg.seed, labelled=cfg.labelled,
@@ -69,3 +73,28 @@ def ensure_synthetic(cfg: SyntheticDataConfig, sample_rate: int, workers: int = 
                                                                   workers=workers),
                   root=None, source_args={k: v for k, v in vars(args).items() if k != "sample_rate"}, console=console)
     return out
+
+
+@contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """Hold the build lock of corpus folder ``out`` (a lock file beside it) for the block."""
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def ensure_device_irs(cfg: SyntheticDataConfig, sample_rate: int) -> Path:
+    """The synthetic corpus's stand-in device impulse responses (``<corpus>/device_irs/ir*.wav``, what
+    ``augment.device_ir.path=synthetic`` reads), written if missing; the shards need not be built. Returns the folder.
+
+    They sit beside the shards but are no part of them: the manifest and every shard stay byte for byte as before.
+    """
+    from shards.sources import synthetic
+
+    folder = synthetic_dir(cfg, sample_rate) / synthetic.IR_FOLDER
+    expected = [folder / f"{name}.wav" for name in synthetic.ir_devices()]
+    if not all(p.exists() for p in expected):
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(folder.parent):
+            synthetic.write_device_irs(folder, sample_rate)
+    return folder

@@ -29,6 +29,12 @@ Devices (:data:`DEVICES`): ``a`` (reference binaural mics), ``b``/``c`` (phones 
 ``test``, as in TAU22. Each device is a smooth EQ curve through a few (Hz, dB) points with high/low-pass roll-offs, a
 pink noise floor, a gain, and optionally AGC compression and soft clipping.
 
+Device impulse responses (:func:`ir_devices`, :func:`write_device_irs`): a stand-in for a measured collection such as
+MicIRP, for the device-IR augmentation of fine-tuning. Sixteen *extra* devices drawn from the nine's family of EQ
+curves and roll-offs, each at least 2 dB (:func:`response_distance_db`) from every one of the nine, test-only ones
+included; the default build writes their minimum-phase IRs to ``device_irs/ir01.wav``.. beside the shards (no part of
+them: the shards are the same with or without).
+
 Cities (:data:`CITIES`) shift event statistics: traffic, crowd and bird activity, level, spectral tilt (surfaces),
 mains hum (50/60 Hz), rain probability, wind, crowd pitch (language) and reverberation (architecture). Four are seen
 everywhere; ``seoul`` appears in ``unlabelled`` and ``test`` only (the CAS 2023 setting: unlabelled target-domain
@@ -294,13 +300,19 @@ def _ingredients(rng, scene: Scene, city: City) -> tuple[list, list]:
     return chosen
 
 
+def device_response(d: Device, octs: np.ndarray) -> np.ndarray:
+    """Magnitude response of device ``d`` at frequencies given in octaves re 1 kHz: its EQ curve times its roll-offs
+    (the linear part of the device; noise, AGC and clipping come on top when a clip is recorded)."""
+    f_pts, db_pts = zip(*d.eq)
+    eq = 10 ** (np.interp(octs, np.log2(np.array(f_pts) / 1000), db_pts) / 20)
+    return eq * sc.band(octs, d.highpass, d.lowpass, 12, 24)
+
+
 @functools.lru_cache(maxsize=64)
 def _device_response(name: str, rate: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     """(frequency response [F], noise-floor magnitude [F] giving the device's floor RMS) of device ``name``."""
     d, g = DEVICES[name], sc.grid(rate, n)
-    f_pts, db_pts = zip(*d.eq)
-    eq = 10 ** (np.interp(g.octs, np.log2(np.array(f_pts) / 1000), db_pts) / 20)
-    response = eq * sc.band(g.octs, d.highpass, d.lowpass, 12, 24)
+    response = device_response(d, g.octs)
     floor = 10 ** (-3 * g.octs / 20) * response
     floor *= 10 ** (d.noise / 20) / _rms(floor, n)
     return response.astype(np.float32), floor.astype(np.float32)
@@ -406,3 +418,100 @@ def load(root: Path | None, args: argparse.Namespace) -> Corpus:
         "test_only_cities": [k for k, c in CITIES.items() if c.where == "test"],
     }
     return Corpus(name="synthetic", classes=list(SCENE_NAMES), splits={s: lister(s) for s in SPLITS}, info=info)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Device impulse responses: the stand-in for a measured collection such as MicIRP
+
+
+IR_FOLDER = "device_irs"
+"""Folder of the corpus root that holds the stand-in impulse responses (``augment.device_ir.path=synthetic``)."""
+IR_SEED = 2207
+"""Seed of the stand-in devices: fixed, so the collection is the same for every corpus seed (as a download would be)."""
+IR_DEVICES = 16
+IR_SECONDS = 0.125
+"""Length of each impulse response; the responses are smooth, so their minimum-phase IRs have decayed well before."""
+IR_MIN_DISTANCE_DB = 2.0
+"""Least :func:`response_distance_db` of a stand-in to each of the nine corpus devices (test-only ones included).
+The corpus's own closest pair (s3, s6) is 1.6 dB apart, so no stand-in is as close to a corpus device as those two
+are to each other."""
+IR_BAND = (50.0, 7500.0)
+"""Hz: the band where device responses are compared (below the Nyquist of the 16 kHz default)."""
+
+
+def response_distance_db(a: np.ndarray, b: np.ndarray) -> float:
+    """How far two magnitude responses on the same frequencies are apart, without their overall gain: the RMS over
+    the frequencies of ``dB(a) - dB(b)`` minus its mean (a level change alone is 0 dB away; the level of a clip says
+    nothing about the device, and the augmentation keeps the level anyway)."""
+    d = 20 * np.log10(np.maximum(a, 1e-10)) - 20 * np.log10(np.maximum(b, 1e-10))
+    return float(np.sqrt(np.mean((d - d.mean()) ** 2)))
+
+
+def _band_octs(high: float = IR_BAND[1], points: int = 256) -> np.ndarray:
+    return np.log2(np.geomspace(IR_BAND[0], high, points) / 1000)
+
+
+def _draw_ir_device(rng: np.random.Generator) -> Device:
+    """A device of the nine's family: an EQ curve through 2-4 (Hz, dB) points between 100 Hz and 8 kHz (-5..+6 dB, as
+    theirs) and the same high-pass (12 dB/oct, 20-300 Hz) and low-pass (24 dB/oct, 4.5-16 kHz) roll-offs."""
+    k = int(rng.integers(2, 5))
+    freqs = np.sort(np.exp(rng.uniform(np.log(100), np.log(8000), k)))
+    points = tuple((float(np.round(f, -1)), float(np.round(rng.uniform(-5, 6), 1))) for f in freqs)
+    highpass = float(np.round(np.exp(rng.uniform(np.log(20), np.log(300)))))
+    lowpass = float(np.round(np.exp(rng.uniform(np.log(4500), np.log(16000))), -1))
+    return Device(points, highpass, lowpass, noise=-80.0)
+
+
+@functools.lru_cache(maxsize=1)
+def ir_devices() -> dict[str, Device]:
+    """The stand-in devices ``ir01``..: drawn in order from :data:`IR_SEED`, a draw kept only when it is at least
+    :data:`IR_MIN_DISTANCE_DB` from every corpus device and 1 dB from every stand-in kept before it."""
+    rng = np.random.Generator(np.random.PCG64(IR_SEED))
+    octs = _band_octs()
+    taken = [device_response(d, octs) for d in DEVICES.values()]
+    out: dict[str, Device] = {}
+    while len(out) < IR_DEVICES:
+        d = _draw_ir_device(rng)
+        r = device_response(d, octs)
+        near = [response_distance_db(r, t) for t in taken]
+        if min(near[:len(DEVICES)]) >= IR_MIN_DISTANCE_DB and min(near[len(DEVICES):], default=np.inf) >= 1.0:
+            out[f"ir{len(out) + 1:02d}"] = d
+            taken.append(r)
+    return out
+
+
+def device_ir(d: Device, rate: int, seconds: float = IR_SECONDS) -> np.ndarray:
+    """The minimum-phase impulse response [round(seconds x rate)] float32 of device ``d``'s magnitude response.
+
+    A microphone is a causal filter whose energy comes first, so the magnitude gets the minimum phase (the homomorphic
+    method: the real cepstrum folded onto positive quefrencies) on a 16x longer grid, and is cut to length under a
+    cosine fade of the last quarter. Peak-normalised to 0.9, as MicIRP's files are peak-normalised.
+    """
+    n = max(8, round(seconds * rate))
+    big = 16 * n
+    log_mag = np.log(np.maximum(device_response(d, sc.grid(rate, big).octs).astype(np.float64), 1e-5))
+    cep = np.fft.irfft(log_mag, big)
+    fold = np.zeros(big)
+    fold[0], fold[big // 2] = cep[0], cep[big // 2]
+    fold[1:big // 2] = 2 * cep[1:big // 2]
+    h = np.fft.irfft(np.exp(np.fft.rfft(fold)), big)[:n]
+    fade = n // 4
+    h[n - fade:] *= np.cos(0.5 * np.pi * np.arange(1, fade + 1) / fade) ** 2
+    return (0.9 * h / np.abs(h).max()).astype(np.float32)
+
+
+def write_device_irs(folder: Path, rate: int) -> list[Path]:
+    """Write ``<folder>/ir01.wav``.. (24-bit PCM at ``rate``), each atomically; files already there are kept."""
+    import soundfile as sf
+
+    from launch.common.files import replacing
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, d in ir_devices().items():
+        path = folder / f"{name}.wav"
+        if not path.exists():
+            with replacing(path) as tmp:
+                sf.write(tmp, device_ir(d, rate), rate, subtype="PCM_24", format="WAV")
+        paths.append(path)
+    return paths

@@ -322,3 +322,81 @@ def test_fine_tuning_validation_is_the_same_for_any_batch_size_rank_count_and_wo
         found[world] = (record["val_accuracy"], report["num_clips"], report["accuracy"], report["log_loss"])
     assert found[1][1] == 20 and found[1][:3] == found[2][:3]
     assert found[1][3] == pytest.approx(found[2][3], rel=1e-5)
+
+
+def test_freq_mixstyle_and_device_irs_train_on_the_synthetic_scenes(scene_shards, tmp_path):
+    """Both device-robust augmentations on, the corpus's own stand-in IR collection (written by its build), only
+    device a's clips convolved (CP-JKU's rule): the run trains, logs how much of each batch was augmented, reports."""
+    run = tmp_path / "robust"
+    irs = scene_shards / "device_irs"
+    assert len(list(irs.glob("ir*.wav"))) == 16
+    summary = finetune_run(load_finetune_config([
+        "ckpt=none", f"run_dir={run}", "steps=6", "eval_every=6", f"data.train=[{_data(scene_shards, 'labelled')}]",
+        f"data.val={_data(scene_shards, 'val')}", f"data.test={_data(scene_shards, 'test')}",
+        "data.stream.num_workers=0", "data.stream.batch_size=32", "log.every_steps=3", "scratch_encoder.depth=1",
+        "scratch_encoder.patch_freq=128", "scratch_encoder.patch_time=2", "encoder.stride_freq=128",
+        "encoder.stride_time=2", "augment.freq_mixstyle=1.0", f"augment.device_ir.path={irs}",
+        "augment.device_ir.p=1.0", "augment.device_ir.devices=[a]"]))
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in records if "loss" in r]
+    assert len(logged) == 2 and all(r["mixstyle_share"] == 1.0 for r in logged)
+    # device a is 4/9 of the training draws: every a clip and no other got an IR
+    assert all(0.2 < r["device_ir_share"] < 0.7 for r in logged)
+    assert summary["test"]["accuracy"] >= 0 and (run / "metrics.json").exists()
+    import yaml
+
+    saved = yaml.safe_load((run / "config.yaml").read_text())["augment"]
+    assert saved["freq_mixstyle"] == 1.0 and saved["device_ir"]["path"] == str(irs)
+
+
+def test_a_teacher_ensemble_distils_soft_labels_into_a_dcase_size_cnn_student(scene_shards, tmp_path):
+    """Two tiny transformer teachers that read different inputs (frame tokens on 128 mel bins; 16 x 16 patches on 64)
+    -> each predicts with its own features, averaged by clip key -> soft pseudo-labels for every unlabelled clip and
+    teacher probabilities for the labelled ones -> a CNN student trained with the distillation loss. The report has
+    each teacher, their ensemble and the student with its parameters and MACs."""
+    import numpy as np
+
+    from finetune.cnn import CNNClassifier
+    from finetune.distill import ensemble_probs
+    from finetune.metrics import read_predictions
+    from finetune.model import load_classifier
+
+    common = [f"data.train=[{_data(scene_shards, 'val')}]", f"data.val={_data(scene_shards, 'val')}",  # 100 clips
+              f"data.test={_data(scene_shards, 'test')}", "data.stream.num_workers=0", "data.stream.batch_size=25",
+              "steps=2", "eval_every=2", "log.every_steps=1", "optim.warmup_steps=0", "ckpt=none",
+              "scratch_encoder.depth=1"]
+    inputs = {"frames": ["scratch_encoder.patch_freq=128", "scratch_encoder.patch_time=2", "encoder.stride_freq=128",
+                         "encoder.stride_time=2"],
+              "patches": ["data.features.num_mel_bins=64", "scratch_encoder.num_mel_bins=64", "encoder.stride_freq=16",
+                          "encoder.stride_time=16"]}
+    teachers = [tmp_path / name for name in inputs]
+    for folder, extra in zip(teachers, inputs.values()):
+        finetune_run(load_finetune_config([f"run_dir={folder}", *common, *extra]))
+    run = tmp_path / "kd"
+    rows = semisup_run(load_semisup_config([
+        f"run_dir={run}", *common, "steps=3", f"unlabelled={_data(scene_shards, 'unlabelled')}",
+        f"teacher=[{teachers[0]},{teachers[1]}]", "pseudo.ensemble=logits", "pseudo.threshold=null",
+        "distill.targets=soft", "pseudo.distill_labelled=true", "model=cnn", "cnn.base_channels=8",
+        "cnn.enforce_dcase_limits=true", "optim.lr=1e-3"]))["rows"]
+    assert [r["role"] for r in rows] == ["teacher", "teacher", "ensemble", "student"]
+    ensemble, student = rows[2], rows[3]
+    # the ensemble row is the logit mean of the teachers' own test predictions (each read its own input)
+    preds = [read_predictions(t / "predictions.csv") for t in teachers]
+    assert preds[0].keys == preds[1].keys and len(preds[0].keys) == ensemble["num_clips"] == 100
+    mean = ensemble_probs([p.probs for p in preds], "logits")
+    assert ensemble["accuracy"] == pytest.approx(float((mean.argmax(1) == preds[0].labels).mean()), abs=1e-9)
+    assert ensemble["seen_unseen"]["seen"]["n"] + ensemble["seen_unseen"]["unseen"]["n"] == 100
+    # every unlabelled clip is pseudo-labelled, with the ensemble's probabilities; every labelled clip has them too
+    manifest = json.loads((run / "round1-pseudo" / "manifest.json").read_text())
+    assert manifest["splits"]["pseudo"]["count"] == student["pseudo_selected"] == 160
+    labelled = np.load(run / "round1-labelled-teacher-probs.npz")
+    assert labelled["probs"].shape == (100, 10) and np.allclose(labelled["probs"].sum(1), 1, atol=1e-5)
+    saved = (run / "round1-student" / "config.yaml").read_text()
+    assert "targets: soft" in saved and "round1-labelled-teacher-probs.npz" in saved and "model: cnn" in saved
+    losses = [json.loads(line)["loss"] for line in (run / "round1-student" / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    model, _ = load_classifier(run / "round1-student" / "best.pt")
+    assert isinstance(model, CNNClassifier)
+    assert student["complexity"]["params"] == sum(p.numel() for p in model.parameters()) < 128_000
+    assert 0 < student["complexity"]["macs"] < 30_000_000 and student["num_clips"] == 100

@@ -13,7 +13,17 @@ import webdataset as wds
 from omegaconf import OmegaConf
 from rich.console import Console
 
-from finetune.selection import PseudoLabelConfig, Selection, print_selection, select, selection_report, write_pseudo_shards
+from finetune.distill import clip_teachers
+from finetune.selection import (
+    PseudoLabelConfig,
+    Selection,
+    print_selection,
+    read_teacher_probs,
+    select,
+    selection_report,
+    write_pseudo_shards,
+    write_teacher_probs,
+)
 from launch.common.errors import BadInput
 from shards.clip import Clip
 from shards.stream import ShardSetConfig, StreamConfig, eval_batches, open_shard_set, train_loader
@@ -57,6 +67,7 @@ def reference(probs: np.ndarray, cfg: PseudoLabelConfig) -> list[int]:
     ({"threshold": 1.5}, "pseudo.threshold"), ({"top_k_per_class": 0}, "pseudo.top_k_per_class"),
     ({"min_per_class": -1}, "pseudo.min_per_class"), ({"rounds": 0}, "pseudo.rounds"),
     ({"student_init": "random"}, "pseudo.student_init"), ({"top_k_per_class": 2, "min_per_class": 3}, "min_per_class"),
+    ({"ensemble": "median"}, "pseudo.ensemble"),
 ])
 def test_config_refuses_naming_the_field(kw, field):
     with pytest.raises(ValueError, match=field):
@@ -342,3 +353,44 @@ def test_a_full_disk_mid_write_is_one_line_and_leaves_no_tar(source, tmp_path):
                                 shard_size=2)
         assert "the disk is full" in str(e.value) and "\n" not in str(e.value)
         assert not list(disk.rglob("*.tar")) and not (disk / "p" / "manifest.json").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Soft targets: in the pseudo shards' json, and by key for labelled clips
+
+
+def test_soft_pseudo_labels_reach_the_training_batch_as_distillation_targets(source, tmp_path):
+    """A labelled set mixed with a soft pseudo-labelled one: each pseudo clip of a batch trains on the teacher
+    probabilities written for it (not on its argmax label), each labelled clip on its label and, where the labelled
+    clips' teacher file has its key, on that teacher too."""
+    keys, probs, _ = teacher(source_samples(source))
+    conf = cfg(threshold=None, soft=True)
+    write_pseudo_shards(source, "train", keys, select(probs, conf), probs, CLASSES, tmp_path / "p", "t.pt", conf)
+    write_teacher_probs(tmp_path / "lab.npz", keys, probs, CLASSES, "t.pt")  # every clip of the "labelled" set
+    by_key = read_teacher_probs(tmp_path / "lab.npz", CLASSES)
+    stream = train_loader([ShardSetConfig(path=str(source)), ShardSetConfig(path=str(tmp_path / "p"), split="pseudo")],
+                          StreamConfig(clip_seconds=0.25, batch_size=16, num_workers=0, shuffle_buffer=4))
+    batch = next(stream)
+    teacher_probs, has, counts = clip_teachers(batch.keys, batch.meta, by_key, C)
+    row = {k: i for i, k in enumerate(keys)}
+    pseudo = [m["shard_set"] == "p/pseudo" for m in batch.meta]
+    assert any(pseudo) and not all(pseudo) and has.all()
+    assert counts.tolist() == [not p for p in pseudo]
+    for i, key in enumerate(batch.keys):
+        assert teacher_probs[i].tolist() == pytest.approx(probs[row[key]].tolist(), abs=1e-6), key
+
+
+def test_teacher_probabilities_by_key_round_trip_and_refuse_other_classes(tmp_path):
+    probs = rows((0.8, 0), (0.5, 2))
+    write_teacher_probs(tmp_path / "t.npz", ["a", "b"], probs, CLASSES, "runs/t")
+    got = read_teacher_probs(tmp_path / "t.npz", CLASSES)
+    assert sorted(got) == ["a", "b"] and got["b"].tolist() == pytest.approx(probs[1].tolist())
+    for path, classes, message in ((tmp_path / "t.npz", CLASSES[::-1], "over classes"),
+                                   (tmp_path / "none.npz", CLASSES, "no such file")):
+        with pytest.raises(BadInput, match=message):
+            read_teacher_probs(path, classes)
+    (tmp_path / "junk.npz").write_bytes(b"PK not a zip")
+    with pytest.raises(BadInput, match="not a teacher-probabilities .npz"):
+        read_teacher_probs(tmp_path / "junk.npz", CLASSES)
+    with pytest.raises(BadInput, match="2 keys .1 distinct."):
+        write_teacher_probs(tmp_path / "d.npz", ["a", "a"], probs, CLASSES, "t")
