@@ -22,9 +22,10 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor, nn
 
-from pretrain.encoder import Encoder, EncoderConfig, sincos_pos_embed
+from launch.runtime.config import since
+from pretrain.encoder import BlockExecution, Blocks, Encoder, EncoderConfig, sincos_pos_embed
 from pretrain.masking import mae_random_masking
-from pretrain.swin import GlobalDecoderBlock, LocalDecoderBlock, calc_window_shift
+from pretrain.swin import ATTENTION_PATHS, GlobalDecoderBlock, LocalDecoderBlock, calc_window_shift
 
 DECODERS = ("local", "global")
 POS_LAYOUTS = ("official", "grid")
@@ -102,8 +103,9 @@ def _audiomae_encoder() -> EncoderConfig:
 
 
 @dataclass
-class AudioMAEConfig:
-    """Audio-MAE pretraining model. Defaults: the released recipe (mask 0.8, local decoder, norm-pix loss)."""
+class AudioMAEConfig(BlockExecution):
+    """Audio-MAE pretraining model. Defaults: the released recipe (mask 0.8, local decoder, norm-pix loss). The
+    block execution fields (``compile``, ``activation_checkpointing``) apply to encoder and decoder blocks."""
 
     encoder: EncoderConfig = field(default_factory=_audiomae_encoder)
     """The shared ViT; Audio-MAE uses time-major tokens, 1 cls token, fixed sin-cos positions, 16x16 patches."""
@@ -133,8 +135,16 @@ class AudioMAEConfig:
     pos_embed_layout: str = "official"
     """"official": the released (8, 64)-over-(64, 8) sin-cos tables (encoder and decoder); "grid": the true (t, f)
     grid. See the module docstring."""
+    window_attention: str = since("0.2", "auto")
+    """How the local decoder runs its window attention, both exact (pretrain/swin.py): "folded" (SDPA without a mask,
+    the position bias folded into q and k: flash-eligible), "explicit" (the released ops), "auto" (folded on CUDA,
+    explicit on CPU, where it is faster)."""
 
     def __post_init__(self) -> None:
+        self.check_execution("audiomae")
+        if self.window_attention not in ATTENTION_PATHS:
+            raise ValueError(f"audiomae.window_attention={self.window_attention!r}: expected one of "
+                             f"{', '.join(ATTENTION_PATHS)}")
         enc = self.encoder
         if self.decoder not in DECODERS:
             raise ValueError(f"audiomae.decoder={self.decoder!r}: expected 'local' or 'global'")
@@ -198,14 +208,15 @@ class AudioMAE(nn.Module):
         self.decoder_pos_embed = nn.Parameter(audiomae_pos_embed(dd, self.encoder.grid, cfg.pos_embed_layout),
                                               requires_grad=False)  # [1, 1+N, dd], fixed as released
         if cfg.decoder == "local":
-            self.decoder_blocks = nn.ModuleList([
+            self.decoder_blocks = Blocks([
                 LocalDecoderBlock(dd, cfg.decoder_heads, feat_size=(t_dim, f_dim), window=cfg.window,
                                   shift=(0, 0) if i % 2 == 0 else cfg.shift, mlp_ratio=cfg.mlp_ratio,
-                                  meta_hidden=cfg.meta_hidden, meta_drop=cfg.meta_drop)
+                                  meta_hidden=cfg.meta_hidden, meta_drop=cfg.meta_drop,
+                                  attention=cfg.window_attention)
                 for i in range(cfg.num_decoder_blocks)])
         else:
-            self.decoder_blocks = nn.ModuleList([GlobalDecoderBlock(dd, cfg.decoder_heads, cfg.mlp_ratio)
-                                                 for _ in range(cfg.num_decoder_blocks)])
+            self.decoder_blocks = Blocks([GlobalDecoderBlock(dd, cfg.decoder_heads, cfg.mlp_ratio)
+                                          for _ in range(cfg.num_decoder_blocks)])
         self.decoder_norm = nn.LayerNorm(dd, eps=1e-6)
         self.decoder_pred = nn.Linear(dd, self.patch[0] * self.patch[1])
         self.num_keep = int(n * (1 - cfg.mask_ratio))
@@ -256,8 +267,7 @@ class AudioMAE(nn.Module):
         x = torch.cat([x[:, :1], x_], dim=1) + self.decoder_pos_embed.to(x.dtype)  # [B, 1+N, dd]
         if self.cfg.decoder == "local":
             x = x[:, 1:]  # released decoder_mode=1 drops cls before the windows
-        for blk in self.decoder_blocks:
-            x = blk(x)
+        x, _ = self.decoder_blocks(x)
         pred = self.decoder_pred(self.decoder_norm(x))
         return pred if self.cfg.decoder == "local" else pred[:, 1:]  # [B, N, P]
 

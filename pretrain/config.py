@@ -65,6 +65,8 @@ class PretrainConfig:
         check("method", repr(self.method), self.method in METHODS, f"one of {', '.join(METHODS)}")
         check("steps", self.steps, self.steps >= 1, "at least 1 optimizer step")
         check("eval_every", self.eval_every, self.eval_every >= 0, ">= 0 (0: with every log line)")
+        check(f"{self.method}.compile", self.model.compile, not (self.model.compile and self.deepspeed.zero_stage == 3),
+              "false with deepspeed.zero_stage=3 (ZeRO-3 swaps the parameters the compiled blocks read; use 0-2)")
 
     @property
     def model(self):

@@ -26,6 +26,10 @@ from typing import Any, Mapping, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from launch.common.errors import check
+from launch.runtime.config import since
 
 # width, depth, heads (timm DeiT/ViT); mlp_ratio 4 and LayerNorm eps 1e-6 for all.
 MODEL_SIZES: dict[str, tuple[int, int, int]] = {
@@ -38,6 +42,29 @@ MLP_RATIO = 4
 LN_EPS = 1e-6
 TOKEN_ORDERS = ("freq", "time")
 POS_EMBEDS = ("learned", "sincos")
+
+
+@dataclass
+class BlockExecution:
+    """How the transformer blocks of a model run (never what they compute): compiled, and which keep their
+    activations for the backward. Part of each method's config (``ssast.compile``, ``audiomae.compile``, ...), since
+    the blocks are the method's; applied by :func:`apply_block_execution`."""
+
+    compile: bool = since("0.2", False)
+    """``torch.compile`` every encoder and decoder block (each in place, the DeepSpeed engine and the loss stay
+    eager; ZeRO 0-2). The first steps take longer while each block shape compiles."""
+    compile_backend: str = since("0.2", "inductor")
+    """The ``torch.compile`` backend ("inductor"; "aot_eager" to debug, or where no C++ compiler is at hand)."""
+    activation_checkpointing: int = since("0.2", 0)
+    """Recompute the activations of every k-th block (0, k, 2k, ...) in the backward instead of keeping them: 1
+    recomputes every block, 2 every other one, 0 none. Saves the memory of those blocks' activations for about a
+    third more compute in them (non-reentrant ``torch.utils.checkpoint``; dropout and drop-path draw the same)."""
+
+    def check_execution(self, prefix: str) -> None:
+        check(f"{prefix}.compile_backend", repr(self.compile_backend), bool(self.compile_backend),
+              "a torch.compile backend name (inductor, aot_eager, ...)")
+        check(f"{prefix}.activation_checkpointing", self.activation_checkpointing, self.activation_checkpointing >= 0,
+              "0 (off) or k >= 1 (recompute every k-th block)")
 
 
 @dataclass
@@ -281,6 +308,61 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
+def recomputed(index: int, every: int) -> bool:
+    """Whether block ``index`` recomputes its activations when every ``every``-th block does (0: none)."""
+    return every > 0 and index % every == 0
+
+
+class Blocks(nn.ModuleList):
+    """Transformer blocks run in order (state-dict names stay ``blocks.{i}.*``). ``checkpoint_every`` (set by
+    :func:`apply_block_execution`): the blocks :func:`recomputed` selects keep no activations for the backward; they
+    run again in it (non-reentrant ``torch.utils.checkpoint``, which restores the RNG state, so dropout and drop-path
+    draw what they drew in the forward)."""
+
+    checkpoint_every: int = 0
+
+    def forward(self, x: Tensor, return_layers: bool = False) -> tuple[Tensor, list[Tensor]]:
+        """x [B, L, D] -> (last block's output [B, L, D], each block's output if asked, else [])."""
+        layers = []
+        for i, blk in enumerate(self):
+            if recomputed(i, self.checkpoint_every) and torch.is_grad_enabled():
+                x = checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
+            if return_layers:
+                layers.append(x)
+        return x, layers
+
+
+def block_stacks(model: nn.Module) -> list[Blocks]:
+    """Every :class:`Blocks` of ``model`` (the encoder's, and a decoder's)."""
+    return [m for m in model.modules() if isinstance(m, Blocks)]
+
+
+def apply_block_execution(model: nn.Module, execution: BlockExecution) -> nn.Module:
+    """Activation checkpointing and ``torch.compile`` on every block of ``model``, as ``execution`` says.
+
+    Each block is compiled in place (``nn.Module.compile``): parameter names, hence checkpoints and DeepSpeed's
+    view of the model, are unchanged, and the step's glue (masking, gathers, loss) stays eager, as torchtitan
+    compiles per block. Checkpointing wraps the compiled block from outside (:class:`Blocks`).
+    """
+    for stack in block_stacks(model):
+        stack.checkpoint_every = execution.activation_checkpointing
+        if execution.compile:
+            for blk in stack:
+                blk.compile(backend=execution.compile_backend)
+    return model
+
+
+def describe_block_execution(model: nn.Module, execution: BlockExecution) -> str:
+    """One line for the start-up summary, e.g. "16 blocks, compiled (inductor), 8 recompute their activations"."""
+    stacks = block_stacks(model)
+    total = sum(len(s) for s in stacks)
+    again = sum(recomputed(i, s.checkpoint_every) for s in stacks for i in range(len(s)))
+    how = f"compiled ({execution.compile_backend})" if execution.compile else "eager"
+    return f"{total} blocks, {how}, {again} recompute their activations in the backward"
+
+
 class PatchEmbed(nn.Module):
     """Holds ``proj``: Conv2d(1, D, (patch_freq, patch_time), stride) applied to [B, 1, F, T]."""
 
@@ -308,7 +390,7 @@ class Encoder(nn.Module):
         learned = cfg.pos_embed == "learned"
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_cls + self.num_patches, d), requires_grad=learned)
         rates = [cfg.drop_path * i / max(self.depth - 1, 1) for i in range(self.depth)]  # torch.linspace(0, p, L)
-        self.blocks = nn.ModuleList([Block(d, self.num_heads, r) for r in rates])
+        self.blocks = Blocks([Block(d, self.num_heads, r) for r in rates])
         self.norm = nn.LayerNorm(d, eps=LN_EPS)
         self.reset_parameters()
 
@@ -370,11 +452,7 @@ class Encoder(nn.Module):
 
     def run_blocks(self, x: Tensor, return_layers: bool = False) -> tuple[Tensor, list[Tensor]]:
         """x [B, L, D] -> (norm(last block output) [B, L, D], each block's raw output if asked, else [])."""
-        layers = []
-        for blk in self.blocks:
-            x = blk(x)
-            if return_layers:
-                layers.append(x)
+        x, layers = self.blocks(x, return_layers)
         return self.norm(x), layers
 
     def forward(self, fbank: Tensor, return_layers: bool = True, ids_keep: Tensor | None = None) -> EncoderOutput:
@@ -382,7 +460,8 @@ class Encoder(nn.Module):
         fine-tuning time/frequency masking, :func:`pretrain.masking.mae_mask_2d`) only those tokens [B, C+K, D]."""
         x = self.add_pos(self.embed(fbank))  # [B, N, D]
         if ids_keep is not None:
-            x = x.gather(1, ids_keep.to(x.device).unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # [B, K, D]
+            ids_keep = ids_keep.to(x.device, non_blocking=True)  # queued, not waited for (pin it to be fully async)
+            x = x.gather(1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # [B, K, D]
         x = self.prepend_cls(x)  # [B, C+N, D]
         last, layers = self.run_blocks(x, return_layers)
         return EncoderOutput(last, layers, self.num_cls)
@@ -421,5 +500,6 @@ class Encoder(nn.Module):
         return self.load_state_dict(sd, strict=strict)
 
 
-__all__ = ["MODEL_SIZES", "EncoderConfig", "EncoderOutput", "Encoder", "adapt_pos_embed", "sincos_pos_embed",
+__all__ = ["MODEL_SIZES", "BlockExecution", "Blocks", "apply_block_execution", "describe_block_execution",
+           "EncoderConfig", "EncoderOutput", "Encoder", "adapt_pos_embed", "sincos_pos_embed",
            "reorder_pos_embed", "token_permutation", "freq_ids_to_tokens"]

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pretrain.encoder import Encoder, EncoderConfig
+from pretrain.encoder import BlockExecution, Encoder, EncoderConfig
 from pretrain.masking import random_mask_ids, ssast_cluster_mask
 
 
@@ -24,8 +24,9 @@ def _ssast_encoder() -> EncoderConfig:
 
 
 @dataclass
-class SSASTConfig:
-    """The SSAST model and objective. The encoder defaults to the official layout (2 cls, learned pos, freq-major)."""
+class SSASTConfig(BlockExecution):
+    """The SSAST model and objective. The encoder defaults to the official layout (2 cls, learned pos, freq-major).
+    The block execution fields (``compile``, ``activation_checkpointing``) apply to the encoder blocks."""
 
     encoder: EncoderConfig = field(default_factory=_ssast_encoder)
     mask_patches: int = 400
@@ -44,6 +45,7 @@ class SSASTConfig:
     """Run the discriminative and generative passes as one forward over 2B samples (same result, one launch)."""
 
     def __post_init__(self) -> None:
+        self.check_execution("ssast")
         n = self.encoder.num_patches
         if not 0 < self.mask_patches < n:
             raise ValueError(f"ssast.mask_patches={self.mask_patches}: expected 0 < mask_patches < {n} patches "

@@ -24,6 +24,7 @@ from launch.runtime import checkpoints, distributed, loop
 from launch.runtime.config import config_hash
 from launch.runtime.engine import full_state_dict
 from pretrain.config import PretrainConfig, load_pretrain_config
+from pretrain.encoder import apply_block_execution, describe_block_execution
 from shards.default import ensure_synthetic, synthetic_dir
 from shards.features import build_features
 from shards.stream import ShardSet, ShardSetConfig, eval_batches, open_eval_split, open_shard_set, train_loader
@@ -33,14 +34,26 @@ VAL_MASK_SALT = 0x7A1
 
 
 def build_model(cfg: PretrainConfig) -> nn.Module:
-    """The selected method's model (a plain nn.Module: no DeepSpeed or rank logic inside)."""
+    """The selected method's model (a plain nn.Module: no DeepSpeed or rank logic inside), its blocks compiled and
+    checkpointed as ``<method>.compile`` / ``.activation_checkpointing`` say."""
     if cfg.method == "ssast":
         from pretrain.ssast import SSAST
 
-        return SSAST(cfg.ssast)
-    from pretrain.audiomae import AudioMAE
+        model = SSAST(cfg.ssast)
+    else:
+        from pretrain.audiomae import AudioMAE
 
-    return AudioMAE(cfg.audiomae)
+        model = AudioMAE(cfg.audiomae)
+    return apply_block_execution(model, cfg.model)
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor (a mask drawn on the CPU) on ``device`` without waiting for the GPU: a copy from pageable memory,
+    or one without ``non_blocking``, first synchronises with the device's queue; a pinned one is queued like a kernel.
+    (The tensor is fresh each step, so it cannot change before the copy runs.)"""
+    if device.type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
 
 
 def resolve_run_dir(cfg: PretrainConfig) -> Path:
@@ -106,15 +119,19 @@ class PretrainTask(loop.Task):
         return [f"method            {cfg.method} ({cfg.model.encoder.size}, {cfg.model.encoder.depth or 'all'} blocks)",
                 f"input             {cfg.data.features.target_frames} frames x {cfg.data.features.num_mel_bins} mel "
                 f"-> {f_dim} x {t_dim} = {enc.num_patches} patches ({cfg.model.encoder.token_order}-major)",
-                f"masking           {model.describe_masking()}"]
+                f"masking           {model.describe_masking()}",
+                f"blocks            {describe_block_execution(model, cfg.model)}"]
 
     def train_batches(self, ctx: loop.Context, start_micro_step: int) -> Iterator[Any]:
         return train_loader(self.sets, self.cfg.data.stream, rank=ctx.env.rank, start_step=start_micro_step,
                             pin_memory=ctx.device.type == "cuda")
 
     def step(self, ctx: loop.Context, engine: Any, batch: Any, generator: torch.Generator) -> loop.StepOutput:
+        # Nothing here reads a device tensor back: the masks are drawn on the host and queued to the device, the
+        # scalars stay tensors (tests/integration/test_loop.py counts the reads of whole runs).
         fbank = self.features(batch.wave.to(ctx.device, non_blocking=True)).to(ctx.dtype)
-        out = engine(fbank, *self.model.draw_masks(fbank.shape[0], generator))
+        masks = [to_device(m, ctx.device) for m in self.model.draw_masks(fbank.shape[0], generator)]
+        out = engine(fbank, *masks)
         scalars = {k: v for k, v in _scalars(out).items() if k != "loss"}
         return loop.StepOutput(out.loss, scalars, {"corrupt": batch.corrupt})
 

@@ -108,12 +108,26 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
+_HOST_GROUP: list = []
+
+
+def _host_group():
+    """The group host flags travel in: the default one under gloo; under NCCL a gloo group over the same ranks,
+    made on first use (every rank reaches it at the same call). An NCCL flag would go through the GPU, and reading
+    it back waits for all the work queued there: a device sync at every step's stop check."""
+    if torch.distributed.get_backend() != "nccl":
+        return None
+    if not _HOST_GROUP:
+        _HOST_GROUP.append(torch.distributed.new_group(backend="gloo"))
+    return _HOST_GROUP[0]
+
+
 def all_ranks(ok: bool) -> bool:
     """True when ``ok`` holds on every rank (every rank gets the same answer, so they take the same branch)."""
     if _world() == 1:
         return ok
-    flag = torch.tensor([1.0 if ok else 0.0], device=_collective_device())
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    flag = torch.tensor([1.0 if ok else 0.0])  # on the host, reduced on the host (gloo)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN, group=_host_group())
     return bool(flag.item())
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ from torch import nn
 
 from launch.common.errors import BadInput
 from launch.runtime.config import DeepSpeedConfig, OptimConfig
+
+log = logging.getLogger("tessera")
 
 
 def _deepspeed():
@@ -38,6 +41,11 @@ def deepspeed_config(ds: DeepSpeedConfig, optim: OptimConfig, micro_batch: int, 
     assert train_batch == micro_batch * ds.grad_accum * world, (
         f"train_batch_size {train_batch} != micro {micro_batch} x accum {ds.grad_accum} x world {world}")
     zero: dict[str, Any] = {"stage": ds.zero_stage}
+    if ds.zero_stage in (1, 2) and not (ds.zero_stage == 1 and ds.precision == "bf16"):
+        # The ZeRO-1/2 optimizer computes the global gradient norm at every step and, in fp32, reads its finiteness
+        # back to the host (a device sync per step); without clipping nobody needs it. (ZeRO-1 in bf16 runs
+        # DeepSpeed's BF16_Optimizer, which requires it and reads nothing back.)
+        zero["compute_grad_norm"] = optim.clip_grad > 0
     if ds.zero_stage >= 2:
         zero.update(overlap_comm=torch.cuda.is_available(), contiguous_gradients=True, reduce_scatter=True)
     if ds.zero_stage == 3:
@@ -49,13 +57,16 @@ def deepspeed_config(ds: DeepSpeedConfig, optim: OptimConfig, micro_batch: int, 
         "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": ds.grad_accum,
         "zero_optimization": zero,
-        "zero_allow_untested_optimizer": True,  # torch.optim.AdamW (fused on GPU, plain on CPU)
+        "zero_allow_untested_optimizer": True,  # torch.optim.AdamW (fused)
         "gradient_clipping": optim.clip_grad,
         "steps_per_print": 10**9,  # we log ourselves
         "wall_clock_breakdown": False,
     }
     if ds.precision == "bf16":
-        config["bf16"] = {"enabled": True}
+        # No overflow check: it reads a flag back to the host at every step (DeepSpeed's default since #6976), and
+        # bf16 has fp32's range, so plain torch.autocast bf16 training has none either. fp16's dynamic loss scale
+        # needs it (one host read per optimizer step, by design).
+        config["bf16"] = {"enabled": True, "check_grad_overflow": False}
     elif ds.precision == "fp16":
         config["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
                           "hysteresis": 2, "min_loss_scale": 1}
@@ -161,13 +172,17 @@ def build_engine(model: nn.Module, ds: DeepSpeedConfig, optim: OptimConfig, *, m
     peak rate is ``peak * lr_scale`` and the schedule multiplies every group alike.
     """
     config = deepspeed_config(ds, optim, micro_batch, world)
+    if ds.zero_stage == 0 and ds.precision == "bf16" and torch.cuda.is_available():
+        log.warning("deepspeed.zero_stage=0 with bf16 runs DeepSpeed's unfused optimizer, which checks every gradient "
+                    "for inf/NaN on the host at every step (GPU syncs); deepspeed.zero_stage=1 trains the same without")
     peak = optim.lr * (config["train_batch_size"] / 256 if optim.lr_batch_scale else 1.0)
     groups = groups if groups is not None else param_groups(model, optim.weight_decay, no_decay)
     for group in groups:
         group["lr"] = peak * group.pop("lr_scale", 1.0)
-    fused = torch.cuda.is_available()  # torch's fused AdamW kernel on GPU; the foreach path on CPU
+    # torch's fused AdamW kernel (GPU and CPU): its step counters live on the parameters' device, so a step reads
+    # nothing back to the host (the default CPU path calls step.item() per group)
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=peak, betas=tuple(optim.betas), eps=optim.eps,
-                                  fused=fused)
+                                  fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(optim, total_steps))
     engine, optimizer, _, scheduler = _deepspeed().initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                            config=config)

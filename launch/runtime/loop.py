@@ -12,10 +12,18 @@ One optimizer step, on every rank::
     every checkpoint.every_steps, at the end, and on a stop request (SIGUSR2): a run checkpoint
 
 Everything random is a function of the step, and the stream resumes at its micro-step, so a run resumed from its
-newest complete checkpoint repeats the losses of an uninterrupted one (same seed and world size). Scalars stay on the
-device between log steps: no micro-step reads a tensor back to the host. At the end ``task.finish`` exports what the
-job is for (an encoder, a tested classifier). Around it all: the run folder's lock, config check and fresh start
-(:mod:`launch.runtime.run_folder`).
+newest complete checkpoint repeats the losses of an uninterrupted one (same seed and world size).
+
+No step between log, validation and checkpoint steps reads a tensor back to the host (on a GPU such a read waits for
+all queued work, so the host could no longer run ahead): the scalars are summed on the device and read on log steps;
+the stop request is a host flag reduced on the host (:func:`distributed.any_rank`); the engine is configured not to
+read (:func:`launch.runtime.engine.deepspeed_config`); the tasks queue their host tensors to the device without
+waiting. tests/integration/test_loop.py counts the reads of real runs. What remains is DeepSpeed's by design, per
+optimizer step: fp16's overflow flag, the gradient norm when ``optim.clip_grad`` is on, and with bf16 on ZeRO-0 its
+unfused optimizer's checks of every gradient (ZeRO-1 trains the same without them).
+
+At the end ``task.finish`` exports what the job is for (an encoder, a tested classifier). Around it all: the run
+folder's lock, config check and fresh start (:mod:`launch.runtime.run_folder`).
 
 Writing a new job (say, a distillation student) means writing a :class:`Task`; nothing here changes.
 """

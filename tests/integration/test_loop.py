@@ -1,21 +1,27 @@
 """The one loop on its own, through a third task written without changing it (tests/fixtures/toy_task.py): logging
-to every sink, resume, the run folder's lock and config check, fresh starts and checkpoint rotation."""
+to every sink, resume, the run folder's lock and config check, fresh starts and checkpoint rotation; and no step
+outside logging, validation and checkpoints reads a tensor back to the host (toy task and a pretraining run)."""
 from __future__ import annotations
 
+import collections
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 
 from launch.common.errors import BadInput
-from launch.runtime import checkpoints
+from launch.runtime import checkpoints, loop
 from tests.fixtures import toy_task
+from tests.fixtures.pretrain_runs import tiny_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -230,3 +236,89 @@ def test_stop_request_saves_the_current_step(tmp_path):
     assert summary["stopped_at"] == 1 and (run / "checkpoints" / "step_00000001" / checkpoints.COMPLETE).exists()
     assert torch.load(run / "checkpoints" / "step_00000001" / "mp_rank_00_model_states.pt",
                       weights_only=False)["micro_step"] == 1
+
+
+# ------------------------------------------------------------------------------------- no host reads between logs
+HOST_READS = ("item", "__float__", "__int__", "__bool__", "__index__", "tolist", "numpy", "cpu")
+"""The Tensor methods that bring a value to the host: on a GPU each waits for every kernel queued before it."""
+HOST_SIDE = (str(REPO / "pretrain" / "masking.py"),)
+"""Code that works on host tensors on every machine (masks drawn from a CPU generator): its reads wait for nothing."""
+
+
+@contextmanager
+def counted_host_reads(task: loop.Task):
+    """Counts every read of ``HOST_READS`` (they still run) by the optimizer step under way; a micro-step's reads
+    run from its ``task.step`` to the next one's (its backward, optimizer step, and the logging that follows)."""
+    reads: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)
+    where: dict[tuple[int, str], str] = {}
+    micro = [-1]
+    inner = task.step
+
+    def step(*args, **kwargs):
+        micro[0] += 1
+        return inner(*args, **kwargs)
+
+    def counting(name, method):
+        def read(self, *args, **kwargs):
+            stack = traceback.extract_stack(limit=12)[:-1]
+            if micro[0] >= 0 and not any(frame.filename in HOST_SIDE for frame in stack):
+                reads[micro[0]][name] += 1
+                where.setdefault((micro[0], name), "".join(traceback.format_list(stack[-4:])))
+            return method(self, *args, **kwargs)
+        return read
+
+    originals = {name: getattr(torch.Tensor, name) for name in HOST_READS}
+    task.step = step
+    try:
+        for name, method in originals.items():
+            setattr(torch.Tensor, name, counting(name, method))
+        yield reads, where
+    finally:
+        for name, method in originals.items():
+            setattr(torch.Tensor, name, method)
+        del task.step
+
+
+def _reads_by_step(reads: dict, accum: int) -> dict[int, int]:
+    """Optimizer step (1-based, as logged) -> reads during its micro-steps."""
+    out: dict[int, int] = collections.Counter()
+    for micro, names in reads.items():
+        out[micro // accum + 1] += sum(names.values())
+    return out
+
+
+def _assert_reads_only_on(reads: dict, where: dict, accum: int, steps: int, allowed: set[int]) -> None:
+    per_step = _reads_by_step(reads, accum)
+    quiet = [s for s in range(2, steps + 1) if s not in allowed]  # step 1 builds caches once (mel banks)
+    bad = {s: n for s, n in per_step.items() if s in quiet and n}
+    first = next((where[k] for k in sorted(where) if k[0] // accum + 1 in bad), "")
+    assert not bad, f"host reads on steps without logging/validation/checkpoint: {bad}; first at\n{first}"
+    assert all(per_step[s] for s in allowed), per_step  # the counters do see the log steps' reads
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2])
+def test_no_step_between_logs_reads_a_tensor_back_to_the_host(tmp_path, stage):
+    """Toy task, 2 micro-steps per step, a stop event that is never set (checked every step): only steps 4 and 8
+    (log, validation, checkpoint) may read."""
+    cfg = toy_task.load([f"run_dir={tmp_path / 'run'}", "steps=8", "deepspeed.grad_accum=2",
+                         f"deepspeed.zero_stage={stage}", "log.every_steps=4", "eval_every=4",
+                         "checkpoint.every_steps=4"])
+    task = toy_task.ToyTask(cfg)
+    with counted_host_reads(task) as (reads, where):
+        loop.run(task, cfg, threading.Event())
+    _assert_reads_only_on(reads, where, accum=2, steps=8, allowed={4, 8})
+
+
+def test_no_pretraining_step_between_logs_reads_a_tensor_back_to_the_host(tmp_path, tone_shards):
+    """SSAST on real shards, bf16 on ZeRO-1 (the recipes' engine), 2 micro-steps per step: features, mask transfer,
+    forward, backward and optimizer step read nothing back between the log steps 3 and 6."""
+    from pretrain.config import load_pretrain_config
+    from pretrain.train import PretrainTask
+
+    cfg = load_pretrain_config(tiny_overrides("ssast", tone_shards, tmp_path / "run", steps=6, split="train", extra=[
+        "deepspeed.zero_stage=1", "deepspeed.precision=bf16", "deepspeed.grad_accum=2", "log.every_steps=3",
+        "checkpoint.every_steps=3"]))
+    task = PretrainTask(cfg)
+    with counted_host_reads(task) as (reads, where):
+        loop.run(task, cfg)
+    _assert_reads_only_on(reads, where, accum=2, steps=6, allowed={3, 6})
