@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from launch.common.errors import BadInput
+from launch.runtime.loop import to_device
 
 if TYPE_CHECKING:
     from finetune.config import DeviceIRConfig
@@ -147,9 +148,9 @@ def apply_device_ir(wave: Tensor, bank: IRBank, p: float, generator: torch.Gener
     rows = torch.nonzero(chosen >= 0).flatten()
     if not len(rows):
         return wave, chosen
-    rows_dev = rows.to(wave.device)
+    rows_dev = to_device(rows, wave.device)  # drawn on the host: queued, not waited for
     clips = wave.index_select(0, rows_dev)
-    out = convolve_with_ir(clips, bank.irs.index_select(0, chosen[rows].to(bank.irs.device)))
+    out = convolve_with_ir(clips, bank.irs.index_select(0, to_device(chosen[rows], bank.irs.device)))
     if keep_level:
         out = out * (rms(clips) / rms(out).clamp_min(1e-8)).to(out.dtype)
     wave = wave.clone()

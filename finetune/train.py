@@ -124,8 +124,8 @@ def mixup(wave: torch.Tensor, target: torch.Tensor, prob: float, alpha: float, g
     apply = torch.rand(b, generator=gen) < prob
     partner = torch.randint(0, b, (b,), generator=gen)
     lam = torch.distributions.Beta(alpha, alpha).sample((b,)) if alpha > 0 else torch.ones(b)
-    lam = torch.where(apply, lam, torch.ones(b)).to(wave.device)
-    partner = partner.to(wave.device)
+    lam = loop.to_device(torch.where(apply, lam, torch.ones(b)), wave.device)
+    partner = loop.to_device(partner, wave.device)
     wave = lam[:, None] * wave + (1 - lam[:, None]) * wave[partner]
     target = lam[:, None] * target + (1 - lam[:, None]) * target[partner]
     return wave, target
@@ -194,19 +194,20 @@ class FinetuneTask(loop.Task):
         wave, target = batch.wave, self.targets(batch)
         shares: dict[str, torch.Tensor] = {}  # logged only while an augmentation is on: existing logs stay the same
         if self.device_irs is not None:  # CP-JKU's order: the device IR first (their dataset), then mixup
-            wave, target = wave.to(ctx.device, non_blocking=True), target.to(ctx.device)
+            wave, target = wave.to(ctx.device, non_blocking=True), loop.to_device(target, ctx.device)
             wave, chosen = apply_device_ir(wave, self.device_irs, aug.device_ir.p, generator,
                                            eligible_clips(batch.meta, aug.device_ir.devices), aug.device_ir.keep_level)
-            shares["device_ir_share"] = (chosen >= 0).float().mean().to(ctx.device)
+            shares["device_ir_share"] = loop.to_device((chosen >= 0).float().mean(), ctx.device)
         wave, target = mixup(wave, target, aug.mixup, aug.mixup_alpha, generator)
         fbank = self.features(wave.to(ctx.device, non_blocking=True))
         if aug.freq_mixstyle > 0:
             mixed = freq_mixstyle(fbank, aug.freq_mixstyle, aug.freq_mixstyle_alpha, generator)
-            shares["mixstyle_share"] = torch.tensor(float(mixed is not fbank), device=ctx.device)
+            # known on the host: a fill on the device, no copy
+            shares["mixstyle_share"] = (torch.ones if mixed is not fbank else torch.zeros)((), device=ctx.device)
             fbank = mixed
         fbank = fbank.to(ctx.dtype)
         logits = engine(fbank, *_token_mask(cfg, getattr(self.model, "encoder", None), fbank.shape[0], generator))
-        return loop.StepOutput(self.loss(logits, target.to(ctx.device)), shares,
+        return loop.StepOutput(self.loss(logits, loop.to_device(target, ctx.device)), shares,
                                {"corrupt": batch.corrupt})
 
     def targets(self, batch: Any) -> torch.Tensor:

@@ -47,15 +47,6 @@ def build_model(cfg: PretrainConfig) -> nn.Module:
     return apply_block_execution(model, cfg.model)
 
 
-def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor (a mask drawn on the CPU) on ``device`` without waiting for the GPU: a copy from pageable memory,
-    or one without ``non_blocking``, first synchronises with the device's queue; a pinned one is queued like a kernel.
-    (The tensor is fresh each step, so it cannot change before the copy runs.)"""
-    if device.type == "cuda":
-        t = t.pin_memory()
-    return t.to(device, non_blocking=True)
-
-
 def resolve_run_dir(cfg: PretrainConfig) -> Path:
     """``run_dir``, or ``runs/pretrain/<method>-<hash of the config>``: the same config resumes the same run."""
     return Path(cfg.run_dir or f"runs/pretrain/{cfg.method}-{config_hash(cfg)}").resolve()
@@ -130,7 +121,7 @@ class PretrainTask(loop.Task):
         # Nothing here reads a device tensor back: the masks are drawn on the host and queued to the device, the
         # scalars stay tensors (tests/integration/test_loop.py counts the reads of whole runs).
         fbank = self.features(batch.wave.to(ctx.device, non_blocking=True)).to(ctx.dtype)
-        masks = [to_device(m, ctx.device) for m in self.model.draw_masks(fbank.shape[0], generator)]
+        masks = [loop.to_device(m, ctx.device) for m in self.model.draw_masks(fbank.shape[0], generator)]
         out = engine(fbank, *masks)
         scalars = {k: v for k, v in _scalars(out).items() if k != "loss"}
         return loop.StepOutput(out.loss, scalars, {"corrupt": batch.corrupt})

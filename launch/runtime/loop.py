@@ -378,3 +378,14 @@ def _progress_bar(console: Any, label: str, total: int, start: int):
             yield p, p.add_task(label, total=total, completed=start, loss=float("nan"))
 
     return bar()
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor (a mask drawn on the CPU) on ``device`` without waiting for the GPU: a copy from pageable memory,
+    or one without ``non_blocking``, first synchronises with the device's queue; a pinned one is queued like a kernel.
+    (The tensor is fresh each step, so it cannot change before the copy runs.)"""
+    if t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)

@@ -27,24 +27,11 @@ from launch.common.files import atomic_write, replacing
 from shards.cli import main as build_main
 from shards.clip import Clip
 from shards.stream import ShardSetConfig, StreamConfig, eval_batches, failure_limit, open_shard_set, train_loader
+from tests.fixtures.deadline import deadline
 from tests.fixtures.mounts import tmpfs
 from tests.fixtures.tiny_corpus import build_tiny
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@contextlib.contextmanager
-def deadline(seconds: float):
-    """Fail (instead of hanging the suite) when the block runs longer than ``seconds``."""
-    def expire(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s: it hangs")
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:

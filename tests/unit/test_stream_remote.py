@@ -6,10 +6,8 @@ fault must be invisible apart from a warning, a persistent one must cost only th
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import signal
 import socket
 import struct
 import subprocess
@@ -26,23 +24,10 @@ from launch.common.errors import BadInput
 from launch.common.fields import SINCE
 from shards import remote
 from shards.stream import ShardSetConfig, StreamConfig, eval_batches, open_eval_split, open_shard_set, train_loader
+from tests.fixtures.deadline import deadline
 
 FAST = dict(read_retries=3, retry_backoff_s=0.01, read_timeout_s=0.5)
 """Retries that cost milliseconds, and a timeout short enough for a stalled server to cost half a second."""
-
-
-@contextlib.contextmanager
-def deadline(seconds: float):
-    """Fail (instead of hanging the suite) when the block runs longer than ``seconds``."""
-    def expire(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s: it hangs")
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture(autouse=True)
