@@ -227,7 +227,7 @@ def preflight(run_dir: Path, cfg: Any, cluster: str) -> None:
     """What the job would refuse, refused before it is queued: a folder in use (a live run, or a SLURM job of this
     folder still queued or running), a run of another config, a checkpoint to resume that is not there."""
     from launch.runtime import run_folder
-    from launch.runtime.config import config_tree
+    from launch.runtime.config import config_tree, how_not_what_keys
 
     run_folder.check_free(run_dir)
     jobs = run_dir / JOBS_FILE
@@ -242,7 +242,7 @@ def preflight(run_dir: Path, cfg: Any, cluster: str) -> None:
     if resume not in ("auto", "never") and not Path(resume).is_dir():
         raise BadInput(f"checkpoint.resume={resume}: no such checkpoint folder")
     if resume != "never":
-        run_folder.check_same_config(run_dir, config_tree(cfg))
+        run_folder.check_same_config(run_dir, config_tree(cfg), how_not_what_keys(cfg))
 
 
 def _follow(job, console) -> Any:

@@ -135,7 +135,7 @@ class AudioMAEConfig(BlockExecution):
     pos_embed_layout: str = "official"
     """"official": the released (8, 64)-over-(64, 8) sin-cos tables (encoder and decoder); "grid": the true (t, f)
     grid. See the module docstring."""
-    window_attention: str = since("0.2", "auto")
+    window_attention: str = since("0.2", "auto", how_not_what=True)
     """How the local decoder runs its window attention, both exact (pretrain/swin.py): "folded" (SDPA without a mask,
     the position bias folded into q and k: flash-eligible), "explicit" (the released ops), "auto" (folded on CUDA,
     explicit on CPU, where it is faster)."""

@@ -50,12 +50,12 @@ class BlockExecution:
     activations for the backward. Part of each method's config (``ssast.compile``, ``audiomae.compile``, ...), since
     the blocks are the method's; applied by :func:`apply_block_execution`."""
 
-    compile: bool = since("0.2", False)
+    compile: bool = since("0.2", False, how_not_what=True)
     """``torch.compile`` every encoder and decoder block (each in place, the DeepSpeed engine and the loss stay
     eager; ZeRO 0-2). The first steps take longer while each block shape compiles."""
-    compile_backend: str = since("0.2", "inductor")
+    compile_backend: str = since("0.2", "inductor", how_not_what=True)
     """The ``torch.compile`` backend ("inductor"; "aot_eager" to debug, or where no C++ compiler is at hand)."""
-    activation_checkpointing: int = since("0.2", 0)
+    activation_checkpointing: int = since("0.2", 0, how_not_what=True)
     """Recompute the activations of every k-th block (0, k, 2k, ...) in the backward instead of keeping them: 1
     recomputes every block, 2 every other one, 0 none. Saves the memory of those blocks' activations for about a
     third more compute in them (non-reentrant ``torch.utils.checkpoint``; dropout and drop-path draw the same)."""

@@ -94,13 +94,13 @@ class StreamConfig:
     """A worker's stream is re-seeded every this many of its batches; a resume replays at most one segment."""
     seed: int = 0
     """Seed of every random choice in the stream."""
-    read_retries: int = since("0.2", 5)
+    read_retries: int = since("0.2", 5, how_not_what=True)
     """Remote shard sets: retries of one shard or manifest after transient errors (connection reset, HTTP 5xx, a
     truncated body, a timeout), each resuming at the byte reached; past them the shard is skipped and counted like a
     damaged one."""
-    retry_backoff_s: float = since("0.2", 0.5)
+    retry_backoff_s: float = since("0.2", 0.5, how_not_what=True)
     """Remote shard sets: wait before the first retry (s), doubled for each next one (capped at 60 s)."""
-    read_timeout_s: float = since("0.2", 60.0)
+    read_timeout_s: float = since("0.2", 60.0, how_not_what=True)
     """Remote shard sets: seconds a connect or a read may wait for data before it counts as a failure."""
 
     def __post_init__(self) -> None:

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from launch.common.errors import BadInput, check
-from launch.common.fields import SINCE, since  # noqa: F401 - re-exported (shards declares fields without the runtime)
+from launch.common.fields import HOW_NOT_WHAT, SINCE, since  # noqa: F401 - re-exported (shards declares fields without the runtime)
 
 T = TypeVar("T")
 
@@ -221,20 +221,34 @@ def _default_of(f: dataclasses.Field) -> Any:
 
 def _drop_new_defaults(obj: Any, tree: Any) -> None:
     """Remove from ``tree`` (the container of dataclass ``obj``) every :func:`since` field that holds its default,
-    recursing into nested dataclasses and lists of them."""
+    and every ``how_not_what`` field, recursing into nested dataclasses and lists of them."""
     if not dataclasses.is_dataclass(obj) or not isinstance(tree, dict):
         return
     for f in dataclasses.fields(obj):
         if f.name not in tree:
             continue
         value = getattr(obj, f.name)
-        if SINCE in f.metadata and _plain(value) == _plain(_default_of(f)):
+        if f.metadata.get(HOW_NOT_WHAT) or (SINCE in f.metadata and _plain(value) == _plain(_default_of(f))):
             del tree[f.name]
         elif isinstance(value, (list, tuple)) and isinstance(tree[f.name], list):
             for item, sub in zip(value, tree[f.name]):
                 _drop_new_defaults(item, sub)
         else:
             _drop_new_defaults(value, tree[f.name])
+
+
+def how_not_what_keys(cfg: Any, prefix: str = "") -> set[str]:
+    """The dotted keys of ``cfg``'s ``how_not_what`` fields (nested dataclasses included; not inside lists): what a
+    resumed run may change (:func:`launch.runtime.run_folder.check_same_config`)."""
+    keys: set[str] = set()
+    if not dataclasses.is_dataclass(cfg):
+        return keys
+    for f in dataclasses.fields(cfg):
+        if f.metadata.get(HOW_NOT_WHAT):
+            keys.add(prefix + f.name)
+        else:
+            keys |= how_not_what_keys(getattr(cfg, f.name), f"{prefix}{f.name}.")
+    return keys
 
 
 def _plain(value: Any) -> Any:

@@ -45,7 +45,15 @@ from launch.common.errors import BadInput
 from launch.common.files import atomic_write
 from launch.common.seeds import step_seed
 from launch.runtime import checkpoints, distributed, run_folder
-from launch.runtime.config import CheckpointConfig, DeepSpeedConfig, LogConfig, OptimConfig, config_tree, to_yaml
+from launch.runtime.config import (
+    CheckpointConfig,
+    DeepSpeedConfig,
+    LogConfig,
+    OptimConfig,
+    config_tree,
+    how_not_what_keys,
+    to_yaml,
+)
 from launch.runtime.engine import DTYPES, Engine, build_engine, watched
 from launch.runtime.tracking import Tracker
 
@@ -202,7 +210,7 @@ def _open_folder(run_dir: Path, cfg: RunConfig, console: Any) -> None:
         if moved:
             console.print(f"fresh start (checkpoint.resume=never): the previous run is now in {moved}")
     else:
-        run_folder.check_same_config(run_dir, config_tree(cfg))
+        run_folder.check_same_config(run_dir, config_tree(cfg), how_not_what_keys(cfg))
     atomic_write(run_dir / run_folder.CONFIG_FILE, to_yaml(cfg))
 
 

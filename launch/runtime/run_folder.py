@@ -179,14 +179,14 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
-def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+def config_changes(old: Mapping[str, Any], new: Mapping[str, Any], may_change: Iterable[str] = ()) -> list[str]:
     """``key: old -> new`` for every key both trees hold with different values, except the groups that never change
-    a result and the keys a rerun may change. Keys only one tree holds (a field added or removed since) are not
-    differences."""
-    skip = tuple(HASH_IGNORED) + MAY_CHANGE
+    a result, the keys a rerun may change and the dotted keys ``may_change`` (fields that change how a run computes,
+    not what). Keys only one tree holds (a field added or removed since) are not differences."""
+    skip, free = tuple(HASH_IGNORED) + MAY_CHANGE, set(may_change)
     a, b = _flatten(old), _flatten(new)
     return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a.keys() & b.keys())
-            if k.split(".")[0] not in skip and _normal(a[k]) != _normal(b[k])]
+            if k.split(".")[0] not in skip and k not in free and _normal(a[k]) != _normal(b[k])]
 
 
 def _normal(value: Any) -> Any:
@@ -198,7 +198,7 @@ def holds_run(run_dir: Path, outputs: Iterable[str] = RUN_OUTPUTS) -> bool:
     return any((run_dir / name).exists() for name in outputs if name != CONFIG_FILE)
 
 
-def check_same_config(run_dir: Path, tree: Mapping[str, Any]) -> None:
+def check_same_config(run_dir: Path, tree: Mapping[str, Any], may_change: Iterable[str] = ()) -> None:
     """Refuse in one line when ``run_dir`` holds a run of another config (see the module docstring)."""
     path = run_dir / CONFIG_FILE
     if not path.is_file() or not holds_run(run_dir):
@@ -210,7 +210,7 @@ def check_same_config(run_dir: Path, tree: Mapping[str, Any]) -> None:
     except Exception as e:  # noqa: BLE001 - a damaged config.yaml: say so, do not guess
         raise BadInput(f"{path}: not valid YAML ({type(e).__name__}); move the run folder away or give another "
                        "run_dir") from None
-    changes = config_changes(old if isinstance(old, dict) else {}, tree)
+    changes = config_changes(old if isinstance(old, dict) else {}, tree, may_change)
     if changes:
         more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
         raise BadInput(f"{run_dir}: holds a run of another config ({'; '.join(changes[:3])}{more}); rerun with "

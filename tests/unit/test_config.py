@@ -161,3 +161,20 @@ def test_a_config_file_holding_a_list_and_broken_yaml_in_an_override_are_one_lin
         with pytest.raises(BadInput) as e:
             load_pretrain_config([item])
         assert f"argument {item!r}: the value is not valid YAML" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_how_a_run_computes_may_change_on_resume_but_not_what_it_computes():
+    """Compilation, recomputation and read retries (``how_not_what`` fields) never name a new run folder, and a
+    resumed run may switch them; a change of what is computed is still refused."""
+    from launch.runtime.config import config_tree, how_not_what_keys
+    from launch.runtime.run_folder import config_changes
+
+    plain = load_pretrain_config([])
+    faster = load_pretrain_config(["ssast.compile=true", "ssast.activation_checkpointing=1",
+                                   "data.stream.read_retries=9"])
+    assert config_hash(faster) == config_hash(plain) == "c19ad7fa"
+    keys = how_not_what_keys(faster)
+    assert {"ssast.compile", "ssast.activation_checkpointing", "data.stream.read_retries"} <= keys
+    assert config_changes(config_tree(plain), config_tree(faster), keys) == []
+    other = load_pretrain_config(["optim.lr=1e-3", "ssast.compile=true"])
+    assert config_changes(config_tree(plain), config_tree(other), keys) == ["optim.lr: 0.0005 -> 0.001"]
