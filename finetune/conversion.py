@@ -15,18 +15,14 @@ and only when it holds nothing but what an export writes.
 """
 from __future__ import annotations
 
-import os
-import shutil
 import sys
-import tempfile
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from finetune.model import OfficialFileConfig
 from launch.common.errors import BadInput, check, cli
-from launch.common.files import current_umask
+from launch.common.files import replacing_folder
 from launch.runtime.config import merge_config
 
 FORMATS = ("hf", "ssast", "audiomae")
@@ -88,32 +84,6 @@ def check_out(out: Path, overwrite: bool) -> None:
     foreign = [n for n in held if n not in EXPORT_FILES]
     if foreign:
         raise BadInput(f"out={out}: holds {foreign[0]}, which no export writes; not replacing it (remove it yourself)")
-
-
-@contextmanager
-def replacing_folder(out: Path) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``out``; when the block succeeds its files are fsynced and it is
-    renamed to ``out`` (an old ``out`` is moved aside first, then deleted); when it fails it is deleted."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        yield tmp
-        umask = current_umask()  # mkdtemp (and some writers) create private modes: give those open() would give
-        os.chmod(tmp, 0o777 & ~umask)
-        for f in tmp.iterdir():
-            os.chmod(f, 0o666 & ~umask)
-            with open(f, "rb+") as fh:
-                os.fsync(fh.fileno())
-        old = None
-        if out.exists():
-            old = tmp.with_name(tmp.name[:-4] + ".old")
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 # --------------------------------------------------------------------------------------------------- the model

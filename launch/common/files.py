@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import threading
 from contextlib import contextmanager
@@ -53,3 +54,29 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     with replacing(path) as tmp:
         tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
     return Path(path)
+
+
+@contextmanager
+def replacing_folder(out: Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``out``; when the block succeeds its files are fsynced and it is
+    renamed to ``out`` (an old ``out`` is moved aside first, then deleted); when it fails it is deleted."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        umask = current_umask()  # mkdtemp (and some writers) create private modes: give those open() would give
+        os.chmod(tmp, 0o777 & ~umask)
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~umask)
+            with open(f, "rb+") as fh:
+                os.fsync(fh.fileno())
+        old = None
+        if out.exists():
+            old = tmp.with_name(tmp.name[:-4] + ".old")
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
