@@ -109,6 +109,9 @@ def load_model(ckpt: str, classes: str | None = None,
 
             official = official or OfficialFileConfig()
             model, payload = load_classifier(best, classes=classes, head=official.head, encoder=official.shape())
+            if not hasattr(model, "encoder"):
+                raise BadInput(f"{best}: the CNN student has no transformer encoder; the export formats hold the SSAST "
+                               "and Audio-MAE family (its best.pt is already the whole model: load_classifier reads it)")
             return model.encoder, model.eval(), payload, best
     from pretrain.pretrained import load_encoder
 

@@ -188,8 +188,11 @@ def resolve_ckpt(ckpt: str, root: Path = Path("runs/finetune")) -> Path:
 
 
 def _output_size(model: nn.Module) -> int | None:
-    linear = [m for m in model.head.modules() if isinstance(m, nn.Linear)]
-    return linear[-1].out_features if linear else None
+    """Classes out of a transformer's head (its last Linear) or of the CNN student (its last, 1x1, convolution)."""
+    layers = [m for m in getattr(model, "head", model).modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    if not layers:
+        return None
+    return layers[-1].out_features if isinstance(layers[-1], nn.Linear) else layers[-1].out_channels
 
 
 def class_names(payload: dict[str, Any], classes_file: str | None, path: Path, outputs: int | None) -> list[str]:
@@ -236,9 +239,12 @@ def load_predictor(cfg: PredictConfig) -> Predictor:
     model, payload = load_classifier(path, classes=cfg.classes, head=cfg.official.head, encoder=cfg.official.shape())
     official = payload.get("format") == "ssast-official"  # its names came from classes= already (or are numbers)
     classes = class_names(payload, None if official else cfg.classes, path, _output_size(model))
-    enc = model.encoder.cfg
+    enc = model.encoder.cfg if hasattr(model, "encoder") else None  # None: the CNN student (any frame count)
     run_cfg = read_run_config(path)
     notes = []
+    if run_cfg is None and enc is None:
+        raise BadInput(f"{path}: a CNN student's features are in its run folder's {run_folder.CONFIG_FILE}; give the "
+                       "run folder (or keep best.pt beside its config.yaml)")
     if run_cfg is not None:
         features, clip, precision = run_cfg.data.features, run_cfg.data.stream.clip_seconds, run_cfg.deepspeed.precision
     else:
@@ -254,7 +260,7 @@ def load_predictor(cfg: PredictConfig) -> Predictor:
         features = dataclasses.replace(features, **overrides)
     except ValueError as e:
         raise BadInput(f"features: {e}") from None
-    if (features.target_frames, features.num_mel_bins) != (enc.target_frames, enc.num_mel_bins):
+    if enc is not None and (features.target_frames, features.num_mel_bins) != (enc.target_frames, enc.num_mel_bins):
         raise BadInput(f"{path}: the encoder reads {enc.target_frames} x {enc.num_mel_bins} fbanks but the features "
                        f"make {features.target_frames} x {features.num_mel_bins}")
     precision = precision if cfg.precision == "auto" else cfg.precision

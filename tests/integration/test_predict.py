@@ -251,3 +251,21 @@ def test_an_official_fine_tuned_ssast_file_predicts_what_the_official_model_does
     with torch.no_grad():
         expected = official(features(torch.from_numpy(waves)), "ft_cls").softmax(-1).double().mean(0).numpy()
     np.testing.assert_allclose([float(v) for v in rows[1][2:]], expected, atol=1e-5)
+
+
+def test_the_dcase_size_cnn_student_predicts_its_own_test_figures(scene_shards, tmp_path):
+    """A DCASE submission comes from the small CNN (``model=cnn``): its run folder predicts the shard test split with
+    the accuracy and log loss its fine-tuning reported."""
+    run = tmp_path / "cnn"
+    split = lambda name: f"{{path: {scene_shards}, split: {name}}}"  # noqa: E731
+    finetune_run(load_finetune_config([
+        "model=cnn", "cnn.base_channels=8", "cnn.blocks=[1,1,1]", f"run_dir={run}", "steps=2", "eval_every=2",
+        f"data.train=[{split('labelled')}]", f"data.val={split('val')}", f"data.test={split('test')}",
+        "data.stream.num_workers=0", "log.tensorboard=false", "log.progress=false"]))
+    out = tmp_path / "cnn.csv"
+    _predict(f"ckpt={run}", f"inputs={scene_shards}:test", f"out={out}", f"run_dir={tmp_path / 'r'}", "num_workers=0")
+    tested = json.loads((run / "metrics.json").read_text())
+    report = json.loads((tmp_path / "cnn.report.json").read_text())
+    assert report["num_clips"] == tested["num_clips"] and report["accuracy"] == tested["accuracy"]
+    assert report["log_loss"] == pytest.approx(tested["log_loss"], rel=1e-5)
+    assert _rows(out, "\t")[0] == ["filename", "scene_label", *tested["classes"]]

@@ -77,3 +77,8 @@ def test_best_pt_of_a_cnn_student_loads_back_as_the_same_model(tmp_path):
     torch.save(broken, tmp_path / "bad.pt")
     with pytest.raises(BadInput, match="bad.pt: not a usable CNN classifier"):
         load_classifier(tmp_path / "bad.pt")
+    from finetune.conversion import load_export_config, run  # the export formats hold transformers only: one line
+
+    with pytest.raises(BadInput, match="best.pt: the CNN student has no transformer encoder"):
+        run(load_export_config([f"ckpt={tmp_path / 'best.pt'}", f"out={tmp_path / 'hf'}"]))
+    assert not (tmp_path / "hf").exists()
