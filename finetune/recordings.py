@@ -19,7 +19,7 @@ import numpy as np
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from launch.common.errors import BadInput
-from shards import audio
+from shards import audio, remote
 from shards.manifest import MANIFEST, read_manifest
 from shards.stream import ShardSet, ShardSetConfig, StreamConfig, open_eval_split, shard_samples
 
@@ -112,8 +112,9 @@ def read_list(path: Path) -> list[AudioFile]:
 
 
 def is_url(path: str) -> bool:
-    """A remote shard set (``https://``, ``s3://``, ``pipe:``...), read as ``shards.stream`` reads one."""
-    return "://" in path or path.startswith("pipe:")
+    """A shard set that ``shards.stream`` reads by URL: a remote one (:func:`shards.remote.is_remote`: its schemes
+    are the one list of what streams), or a ``file://`` URL of a local one."""
+    return remote.is_remote(path) or path.startswith("file://")
 
 
 def _shard_inputs(folder: str, split: str) -> Inputs:
