@@ -45,7 +45,8 @@ class PseudoLabelConfig:
     rounds: int = 1
     """Teacher -> student rounds; each later round's teacher is the previous student."""
     student_init: str = "pretrained"
-    """Student starts from the "pretrained" encoder or from the "teacher" weights."""
+    """Student starts from the "pretrained" encoder or from the "teacher"'s encoder (of an ensemble: the first listed
+    teacher's; its head is new either way)."""
     soft: bool = False
     """Also store the full probability vector (``probs`` in each clip's json) for soft-label training (always stored
     with ``distill.targets=soft``, which trains on it)."""

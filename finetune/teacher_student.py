@@ -65,11 +65,10 @@ class SemiSupConfig(FinetuneConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check("pseudo_weight", self.pseudo_weight, self.pseudo_weight > 0, "a sampling weight > 0")
-        runs = teacher_runs(self.teacher)
-        if self.pseudo.student_init == "teacher":
-            check("pseudo.student_init", "teacher", len(runs) <= 1 and self.model == "transformer",
-                  "'pretrained' with a teacher ensemble or model=cnn (the student starts from one transformer "
-                  "teacher's encoder)")
+        teacher_runs(self.teacher)  # a malformed teacher= is one line here
+        if self.pseudo.student_init == "teacher":  # an ensemble's student starts from its first teacher
+            check("pseudo.student_init", "teacher", self.model == "transformer",
+                  "'pretrained' with model=cnn (the student starts from a transformer teacher's encoder)")
         check("pseudo.distill_labelled", self.pseudo.distill_labelled,
               not self.pseudo.distill_labelled or self.distill.targets == "soft", "false unless distill.targets=soft")
 
@@ -143,7 +142,8 @@ def resolve_semisup_data(cfg: SemiSupConfig) -> tuple[FinetuneDataConfig, ShardS
 def teacher_features(run_dir: Path, cfg: SemiSupConfig) -> tuple[FeatureConfig, float]:
     """The features and clip length a teacher was fine-tuned with (its run's config.yaml), so an Audio-MAE, SSAST,
     frame-token or CNN teacher each sees the input it knows; ``cfg``'s when the folder has no config.yaml."""
-    data = (_run_config(run_dir) or {}).get("data") or {}
+    tree = run_folder.read_config(run_dir, f"teacher={run_dir}: move it away to predict with this run's features")
+    data = (tree or {}).get("data") or {}
     if not data.get("features"):
         return cfg.data.features, cfg.data.stream.clip_seconds
     known = {f.name for f in dataclasses.fields(FeatureConfig)}
@@ -152,20 +152,6 @@ def teacher_features(run_dir: Path, cfg: SemiSupConfig) -> tuple[FeatureConfig, 
     except (TypeError, ValueError) as e:
         raise BadInput(f"teacher={run_dir}: config.yaml data.features: {e}") from None
     return features, float((data.get("stream") or {}).get("clip_seconds", cfg.data.stream.clip_seconds))
-
-
-def _run_config(run_dir: Path) -> dict[str, Any] | None:
-    """A run folder's config.yaml as plain containers (None without one); one line when it is not YAML."""
-    from omegaconf import OmegaConf
-
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        return None
-    try:
-        tree = OmegaConf.to_container(OmegaConf.load(path))
-    except Exception as e:  # noqa: BLE001 - any YAML error: one line
-        raise BadInput(f"teacher={run_dir}: {path.name} is not valid YAML ({type(e).__name__})") from None
-    return tree if isinstance(tree, dict) else None
 
 
 def predict_teachers(teacher_dirs: Sequence[Path], s: ShardSet, cfg: SemiSupConfig, env: distributed.DistEnv,

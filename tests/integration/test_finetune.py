@@ -6,12 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from finetune.config import load_finetune_config
+from finetune.model import load_classifier
 from finetune.teacher_student import load_semisup_config
 from finetune.teacher_student import run as semisup_run
 from finetune.train import run as finetune_run
 from launch.common.errors import BadInput
+from launch.runtime import checkpoints
 from tests.fixtures.pretrain_runs import tiny_overrides
 from tests.fixtures.tiny_corpus import build_tiny
 
@@ -131,6 +134,19 @@ def test_pseudo_labelling_writes_a_new_set_and_the_student_trains_on_both(pretra
                      f"unlabelled={_data(tone_shards)}", f"teacher={run / 'round0-teacher'}"])
     rows = semisup_run(load_semisup_config(reuse))["rows"]
     assert rows[0] == teacher and not (again / "round0-teacher").exists() and (again / "round1-student" / "best.pt").exists()
+    # the student of an ensemble starts from its first teacher's encoder (refused before 0.2's ensembles took it)
+    first, second = again / "round1-student", run / "round0-teacher"
+    both = tmp_path / "both"
+    rows = semisup_run(load_semisup_config([*reuse[:1], f"run_dir={both}", *reuse[2:-1], "steps=2",
+                                            f"teacher=[{first},{second}]", "pseudo.student_init=teacher",
+                                            "pseudo.threshold=null"]))["rows"]
+    assert [r["role"] for r in rows] == ["teacher", "teacher", "ensemble", "student"]
+    start = checkpoints.read_encoder(both / "round1-teacher-encoder.pt")["state_dict"]
+    for teacher_dir, same in ((first, True), (second, False)):
+        weights = load_classifier(teacher_dir / "best.pt")[0].encoder.state_dict()
+        assert start.keys() == weights.keys()
+        assert all(torch.equal(start[k], weights[k]) for k in weights) is same
+    assert f"ckpt: {both / 'round1-teacher-encoder.pt'}" in (both / "round1-student" / "config.yaml").read_text()
     with pytest.raises(BadInput, match="teacher=.*no best.pt"):
         semisup_run(load_semisup_config([*reuse[:1], f"run_dir={tmp_path / 'y'}", *reuse[2:-1], f"teacher={tmp_path}"]))
     empty = tmp_path / "empty"
@@ -359,7 +375,6 @@ def test_a_teacher_ensemble_distils_soft_labels_into_a_dcase_size_cnn_student(sc
     from finetune.cnn import CNNClassifier
     from finetune.distill import ensemble_probs
     from finetune.metrics import read_predictions
-    from finetune.model import load_classifier
 
     common = [f"data.train=[{_data(scene_shards, 'val')}]", f"data.val={_data(scene_shards, 'val')}",  # 100 clips
               f"data.test={_data(scene_shards, 'test')}", "data.stream.num_workers=0", "data.stream.batch_size=25",
