@@ -124,18 +124,15 @@ def load_model(ckpt: str, classes: str | None = None,
 def features_of(source: Path, cfg: ExportConfig) -> dict[str, Any]:
     """sample_rate / norm_mean / norm_std / kind: the command line, else the run's config.yaml data.features (the
     folder of ``source`` or up to two above it), else the FeatureConfig defaults (16 kHz, AudioSet statistics)."""
-    from omegaconf import OmegaConf
-
+    from launch.runtime import run_folder
     from shards.features import FeatureConfig
 
     found: dict[str, Any] = {}
     for folder in ([source] if source.is_dir() else []) + list(source.parents)[:3]:
-        if (folder / "config.yaml").is_file():
-            try:
-                tree = OmegaConf.to_container(OmegaConf.load(folder / "config.yaml"))
-                found = dict(tree["data"]["features"])
-            except Exception:  # noqa: BLE001 - no data.features there: use the defaults
-                found = {}
+        tree = run_folder.read_config(folder, "give sample_rate=, norm_mean= and norm_std= or repair it")
+        if tree is not None:  # a run folder's config without data.features (not a run of ours): the defaults
+            features = (tree.get("data") or {}).get("features") if isinstance(tree.get("data"), dict) else None
+            found = dict(features) if isinstance(features, dict) else {}
             break
     given = {"sample_rate": cfg.sample_rate, "norm_mean": cfg.norm_mean, "norm_std": cfg.norm_std}
     fields = {k: found.get(k) for k in ("kind", "sample_rate", "norm_mean", "norm_std") if found.get(k) is not None}

@@ -198,19 +198,32 @@ def holds_run(run_dir: Path, outputs: Iterable[str] = RUN_OUTPUTS) -> bool:
     return any((run_dir / name).exists() for name in outputs if name != CONFIG_FILE)
 
 
-def check_same_config(run_dir: Path, tree: Mapping[str, Any], may_change: Iterable[str] = ()) -> None:
-    """Refuse in one line when ``run_dir`` holds a run of another config (see the module docstring)."""
+def read_config(run_dir: Path, what_to_do: str = "move the run folder away or give another run_dir"
+                ) -> dict[str, Any] | None:
+    """The config a run folder holds (its config.yaml) as plain containers; None when it has none. A damaged file is
+    one line naming it and ``what_to_do``, never a silent default: every reader of a run's config comes here."""
     path = run_dir / CONFIG_FILE
-    if not path.is_file() or not holds_run(run_dir):
-        return
+    if not path.is_file():
+        return None
     from omegaconf import OmegaConf
 
     try:
-        old = OmegaConf.to_container(OmegaConf.load(path))
+        tree = OmegaConf.to_container(OmegaConf.load(path))
     except Exception as e:  # noqa: BLE001 - a damaged config.yaml: say so, do not guess
-        raise BadInput(f"{path}: not valid YAML ({type(e).__name__}); move the run folder away or give another "
-                       "run_dir") from None
-    changes = config_changes(old if isinstance(old, dict) else {}, tree, may_change)
+        raise BadInput(f"{path}: not valid YAML ({type(e).__name__}); {what_to_do}") from None
+    if not isinstance(tree, dict):
+        raise BadInput(f"{path}: holds a {type(tree).__name__}, not a run's config (a mapping of keys); {what_to_do}")
+    return tree
+
+
+def check_same_config(run_dir: Path, tree: Mapping[str, Any], may_change: Iterable[str] = ()) -> None:
+    """Refuse in one line when ``run_dir`` holds a run of another config (see the module docstring)."""
+    if not holds_run(run_dir):
+        return
+    old = read_config(run_dir)
+    if old is None:
+        return
+    changes = config_changes(old, tree, may_change)
     if changes:
         more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
         raise BadInput(f"{run_dir}: holds a run of another config ({'; '.join(changes[:3])}{more}); rerun with "

@@ -178,3 +178,25 @@ def test_how_a_run_computes_may_change_on_resume_but_not_what_it_computes():
     assert config_changes(config_tree(plain), config_tree(faster), keys) == []
     other = load_pretrain_config(["optim.lr=1e-3", "ssast.compile=true"])
     assert config_changes(config_tree(plain), config_tree(other), keys) == ["optim.lr: 0.0005 -> 0.001"]
+
+
+def test_every_reader_of_a_run_folders_config_refuses_a_damaged_one_in_one_line(tmp_path):
+    """One reader (run_folder.read_config) for the resume check, the teachers' features and the export's
+    preprocessor; the export fell back to the default features on a damaged file before, silently."""
+    from finetune.conversion import ExportConfig, features_of
+    from finetune.teacher_student import teacher_features
+    from launch.runtime.run_folder import read_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert read_config(run) is None
+    (run / "config.yaml").write_text("data: {features: {sample_rate: 22050}}\n")
+    assert read_config(run) == {"data": {"features": {"sample_rate": 22050}}}
+    assert features_of(run / "best.pt", ExportConfig())["sample_rate"] == 22050
+    for text, what in (("data: {features: [\n", "not valid YAML"), ("- 1\n- 2\n", "holds a list")):
+        (run / "config.yaml").write_text(text)
+        for read in (lambda: read_config(run), lambda: features_of(run / "best.pt", ExportConfig()),
+                     lambda: teacher_features(run, SemiSupConfig())):
+            with pytest.raises(BadInput) as e:
+                read()
+            assert str(e.value).startswith(f"{run / 'config.yaml'}: {what}") and "\n" not in str(e.value)
