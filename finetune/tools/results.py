@@ -1,17 +1,21 @@
 """python finetune/tools/results.py: the results benchmark (not a test) on the synthetic corpus, mean +- std over seeds.
 
-Three tables, each row fine-tuned with ``--seeds`` seeds on the same data:
+Four tables, each row fine-tuned with ``--seeds`` seeds on the same data:
 
 * ``pretraining``: from scratch vs SSAST-pretrained vs Audio-MAE-pretrained (mean head, full fine-tuning), plus a
   from-scratch control with frame tokens (SSAST's frame model: 128 x 2 patches) instead of 16 x 16 patches;
 * ``heads``: the rows of Table I of the layer-wise paper on the SSAST-pretrained encoder (baseline, frozen backbone
   with post-norm, pre-norm, post-norm, double-norm);
-* ``semisup``: teacher (labelled only) vs pseudo-label student under the synthetic city/device shift.
+* ``devices``: the device-robust augmentations of CP-JKU's DCASE systems on the SSAST-pretrained encoder (baseline,
+  + frequency-wise MixStyle, + device impulse responses, + both), at their published settings;
+* ``semisup``: teachers (the pretraining table's SSAST, Audio-MAE and frame-token runs) and their ensemble vs
+  students: hard pseudo-labels from the SSAST teacher, soft labels from the ensemble (a transformer, and the DCASE-size
+  CNN), with the controls that say what the teacher's labels are worth.
 
-The SSAST + mean-head fine-tuning of a seed is one run shared by the three tables (the SSAST row, the baseline row and
-the teacher). Every run has its own folder under ``--out``; a finished run is reused, so an interrupted benchmark
-continues where it stopped. ``--jobs N`` trains N runs at once in worker processes. The tables are printed and written
-to ``<out>/results.md`` (with the command, date and machine).
+The SSAST + mean-head fine-tuning of a seed is one run shared by the tables (the SSAST row, the heads and devices
+baseline, a teacher). Every run has its own folder under ``--out``; a finished run is reused, so an interrupted
+benchmark continues where it stopped. ``--jobs N`` trains N runs at once in worker processes. The tables are printed
+and written to ``<out>/results.md`` (with the command, date and machine).
 """
 import argparse
 import json
@@ -41,10 +45,26 @@ FRAME_TOKENS = ["scratch_encoder.patch_freq=128", "scratch_encoder.patch_time=2"
 # class, 150 x 10 of the 6,000 unlabelled clips), rather than a fixed probability threshold that may keep nothing.
 PSEUDO = ["pseudo.threshold=null", "pseudo.top_k_per_class=150"]
 
+# CP-JKU's published settings, not tuned here: the validation split holds seen devices only (as TAU22's does), so it
+# cannot choose for unseen ones. MixStyle p 0.4, alpha 0.3 (DCASE 2023 --mixstyle_p, --mixstyle_alpha); device IRs
+# p 0.6 (--dir_prob) on every clip, from the corpus's stand-in collection.
+MIXSTYLE = ["augment.freq_mixstyle=0.4", "augment.freq_mixstyle_alpha=0.3"]
+DEVICE_IRS = ["augment.device_ir.path=synthetic", "augment.device_ir.p=0.6"]
+DEVICE_ROWS = {"baseline (mean head)": [], "+ Freq-MixStyle": MIXSTYLE, "+ device IRs": DEVICE_IRS,
+               "+ both": MIXSTYLE + DEVICE_IRS}
+
+# Soft labels (the teachers' probabilities, T = 2) for every unlabelled clip, and distillation on the labelled clips
+# next to their label loss, as CP-JKU's DCASE 2023 students train. The CNN's rate is CP-JKU's order for small CNNs.
+SOFT = ["distill.targets=soft", "pseudo.threshold=null", "pseudo.distill_labelled=true"]
+CNN = ["model=cnn", "ckpt=none", "optim.lr=1e-3"]
+
 # Test accuracy and macro AUC (%), and accuracy on the devices training saw and on those it did not (the shift).
 COLUMNS = (("Acc (%)", "accuracy", 100.0), ("AUC (%)", "macro_auc", 100.0),
            ("seen devices (%)", "seen_unseen.seen.accuracy", 100.0),
            ("unseen devices (%)", "seen_unseen.unseen.accuracy", 100.0))
+# ... plus the device deficit (seen - unseen, points) and the best validation accuracy (what a choice may look at).
+SHIFT_COLUMNS = COLUMNS + (("seen - unseen", "device_gap", 100.0), ("best val (%)", "best_val_accuracy", 100.0))
+TABLES = ("pretraining", "heads", "devices", "semisup")
 
 
 def _pretrain(method: str, out: Path, steps: int, depth: int) -> Path:
@@ -64,7 +84,20 @@ def _finetune(run_dir: Path, args: list[str]) -> dict:
 
     if not (run_dir / "metrics.json").exists():
         run(load_finetune_config([f"run_dir={run_dir}", "log.every_steps=100", *args]))
-    return json.loads((run_dir / "metrics.json").read_text())
+    return _with_shift(json.loads((run_dir / "metrics.json").read_text()), run_dir)
+
+
+def _with_shift(metrics: dict, run_dir: Path | None = None) -> dict:
+    """Test metrics + ``device_gap`` (seen - unseen accuracy) + ``best_val_accuracy`` (the run's metrics.jsonl)."""
+    shift = metrics.get("seen_unseen") or {}
+    if "seen" in shift and "unseen" in shift:
+        metrics["device_gap"] = shift["seen"]["accuracy"] - shift["unseen"]["accuracy"]
+    log = run_dir / "metrics.jsonl" if run_dir is not None else None
+    if log is not None and log.exists():
+        vals = [json.loads(line).get("val_accuracy") for line in log.read_text().splitlines() if line.strip()]
+        if any(v is not None for v in vals):
+            metrics["best_val_accuracy"] = max(v for v in vals if v is not None)
+    return metrics
 
 
 def _semisup(run_dir: Path, args: list[str]) -> list[dict]:
@@ -77,7 +110,7 @@ def _semisup(run_dir: Path, args: list[str]) -> list[dict]:
 
 def main() -> int:
     p = argparse.ArgumentParser(prog="python finetune/tools/results.py", description=__doc__.splitlines()[0])
-    p.add_argument("--tables", default="pretraining,heads,semisup", help="comma-separated subset of the tables")
+    p.add_argument("--tables", default=",".join(TABLES), help="comma-separated subset of the tables")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--steps", type=int, default=600, help="fine-tuning steps per run")
     p.add_argument("--pretrain-steps", type=int, default=1500, help="pretraining steps (one run per method)")
@@ -88,9 +121,8 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=Path("runs/results"))
     args = p.parse_args()
     tables = args.tables.split(",")
-    unknown = set(tables) - {"pretraining", "heads", "semisup"}
-    if unknown:
-        p.error(f"--tables {args.tables}: expected a comma-separated subset of pretraining,heads,semisup")
+    if set(tables) - set(TABLES):
+        p.error(f"--tables {args.tables}: expected a comma-separated subset of {','.join(TABLES)}")
     if min(args.seeds, args.jobs, args.steps, args.pretrain_steps) < 1 or args.depth < 0:
         p.error("--seeds, --jobs, --steps and --pretrain-steps must be >= 1, --depth >= 0")
 
@@ -99,7 +131,7 @@ def main() -> int:
     from finetune.metrics import results_table
     from launch.common.files import atomic_write
 
-    console = Console(width=140)
+    console = Console(width=160)
     out = args.out.resolve()
     common = [f"steps={args.steps}", f"eval_every={max(1, args.steps // 4)}", f"scratch_encoder.depth={args.depth}"]
     seeds = range(args.seeds)
@@ -108,72 +140,131 @@ def main() -> int:
     md = [f"Results on the synthetic corpus ({time.strftime('%Y-%m-%d')}, {_machine()}): `{command}`", ""]
 
     with _pool(args.jobs) as pool:
-        methods = ["ssast", "audiomae"] if "pretraining" in tables else ["ssast"]
+        methods = ["ssast", "audiomae"] if {"pretraining", "semisup"} & set(tables) else ["ssast"]
         n = len(methods)
         ckpts = dict(zip(methods, pool.map(_pretrain, methods, [out] * n, [args.pretrain_steps] * n, [args.depth] * n)))
         ssast = ckpts["ssast"]
-        # Every fine-tuning run of the first two tables (and the semi-supervised teachers), keyed by folder so that a
-        # shared run is trained once, all in one batch for the pool.
+        # Every fine-tuning run of the tables (the semi-supervised teachers too), keyed by folder so that a shared run
+        # is trained once, all in one batch for the pool.
         planned: dict[Path, list[str]] = {}
         rows_of: dict[str, dict[str, list[Path]]] = {}
-        if "pretraining" in tables:
-            rows_of["pretraining"] = {}
-            for name, slug, ckpt, extra in (("from scratch", "scratch", "none", []),
-                                            ("from scratch, frame tokens", "scratch-frames", "none", FRAME_TOKENS),
-                                            ("SSAST-pretrained", "ssast", ssast, []),
-                                            ("Audio-MAE-pretrained", "audiomae", ckpts.get("audiomae"), [])):
-                dirs = [out / "pretraining" / f"{slug}-seed{s}" for s in seeds]
+        pretraining_rows = {}
+        for name, slug, ckpt, extra in (("from scratch", "scratch", "none", []),
+                                        ("from scratch, frame tokens", "scratch-frames", "none", FRAME_TOKENS),
+                                        ("SSAST-pretrained", "ssast", ssast, []),
+                                        ("Audio-MAE-pretrained", "audiomae", ckpts.get("audiomae"), [])):
+            dirs = [_pretraining_dir(out, slug, s) for s in seeds]
+            if "pretraining" in tables or ("semisup" in tables and slug != "scratch"):  # the teachers
                 planned.update({d: [f"ckpt={ckpt}", f"seed={s}", "head.kind=mean", *extra, *common]
                                 for s, d in zip(seeds, dirs)})
-                rows_of["pretraining"][name] = dirs
-        if "heads" in tables:
-            rows_of["heads"] = {}
-            for i, (name, extra) in enumerate(HEAD_ROWS.items()):
-                dirs = [_head_dir(out, i, s) for s in seeds]
-                planned.update({d: [f"ckpt={ssast}", f"seed={s}", *extra, *common] for s, d in zip(seeds, dirs)})
-                rows_of["heads"][name] = dirs
-        if "semisup" in tables:
-            planned.update({_ssast_mean_dir(out, s): [f"ckpt={ssast}", f"seed={s}", "head.kind=mean", *common]
-                            for s in seeds})
+                pretraining_rows[name] = dirs
+        if "pretraining" in tables:
+            rows_of["pretraining"] = pretraining_rows
+        for table, row_args in (("heads", HEAD_ROWS), ("devices", DEVICE_ROWS)):
+            if table in tables:
+                rows_of[table] = {}
+                for i, (name, extra) in enumerate(row_args.items()):
+                    dirs = [_row_dir(out, table, i, s) for s in seeds]
+                    planned.update({d: [f"ckpt={ssast}", f"seed={s}", "head.kind=mean", *extra, *common]
+                                    for s, d in zip(seeds, dirs)})
+                    rows_of[table][name] = dirs
+        if "semisup" in tables:  # the DCASE-size CNN on the labelled clips alone: what distillation adds to it
+            planned.update({out / "semisup" / f"cnn-labels-seed{s}": [f"seed={s}", *CNN, *common] for s in seeds})
         done = dict(zip(planned, pool.map(_finetune, planned, planned.values())))
         for table, title in (("pretraining", "What pretraining is worth (mean head, full fine-tuning)"),
-                             ("heads", "Layer-wise heads on the SSAST-pretrained encoder (paper Table I rows)")):
+                             ("heads", "Layer-wise heads on the SSAST-pretrained encoder (paper Table I rows)"),
+                             ("devices", "Device-robust training on the SSAST-pretrained encoder (mean head)")):
             if table in rows_of:
                 rows = {name: [done[d] for d in dirs] for name, dirs in rows_of[table].items()}
-                console.print(results_table(rows, COLUMNS, title=title))
-                md += _markdown(title, rows)
+                columns = SHIFT_COLUMNS if table == "devices" else COLUMNS
+                console.print(results_table(rows, columns, title=title))
+                md += _markdown(title, rows, columns)
         if "semisup" in tables:
-            dirs = [out / "semisup" / f"seed{s}" for s in seeds]
-            runs = list(pool.map(_semisup, dirs, [[f"ckpt={ssast}", f"seed={s}", "head.kind=mean", *PSEUDO,
-                                                    f"teacher={_ssast_mean_dir(out, s)}", *common] for s in seeds]))
-            rows = {"teacher (labelled only)": [r[0] for r in runs],
-                    "student (labelled + pseudo-labels)": [r[1] for r in runs]}
-            title = "Teacher vs pseudo-label student (synthetic city/device shift)"
-            console.print(results_table(rows, COLUMNS, title=title))
-            md += _markdown(title, rows)
-            acc = [r[1].get("pseudo_accuracy") for r in runs]
-            md.append(f"Selected pseudo-labels per seed: {[r[1].get('pseudo_selected') for r in runs]}, their accuracy "
-                      f"{[round(100 * a, 1) for a in acc if a is not None]} %.")
+            md += _semisup_table(pool, out, seeds, ssast, ckpts["audiomae"], common, args.steps, done, console)
     if rows_of:
         plot_results(rows_of, out / "results.png")
-        md.append(f"Figure: `{out / 'results.png'}` (validation curves, learned layer weights).")
+        md.append(f"Figure: `{out / 'results.png'}` (validation curves, learned layer weights, device shift).")
     atomic_write(out / "results.md", "\n".join(md) + "\n")
     console.print(f"tables -> {out / 'results.md'}")
     return 0
 
 
+def _semisup_table(pool, out: Path, seeds: range, ssast: Path, audiomae: Path, common: list[str], steps: int,
+                   done: dict[Path, dict], console) -> list[str]:
+    """Teachers, their ensemble and the students of each seed (two batches for the pool: the students, then the
+    control that continues the soft student's starting point on the labelled clips alone)."""
+    from finetune.metrics import results_table
+
+    teachers = {"SSAST": "ssast", "Audio-MAE": "audiomae", "frame tokens, from scratch": "scratch-frames"}
+    # The soft student starts from one teacher's encoder: of the two pretrained ones, the one that validated better
+    # (chosen per seed on the validation split, never the test split). The ensemble lists it first.
+    first = {s: max(("ssast", "audiomae"), key=lambda m: done[_pretraining_dir(out, m, s)]["best_val_accuracy"])
+             for s in seeds}
+    ensemble = {s: [_pretraining_dir(out, first[s], s)]
+                + [_pretraining_dir(out, m, s) for m in teachers.values() if m != first[s]] for s in seeds}
+    jobs: dict[Path, list[str]] = {}
+    for s in seeds:
+        jobs[out / "semisup" / f"seed{s}"] = [f"ckpt={ssast}", f"seed={s}", "head.kind=mean", *PSEUDO,
+                                             f"teacher={_ssast_mean_dir(out, s)}", *common]
+        members = f"teacher=[{','.join(str(d) for d in ensemble[s])}]"
+        init = ssast if first[s] == "ssast" else audiomae
+        jobs[out / "semisup" / f"soft-seed{s}"] = [f"ckpt={init}", f"seed={s}", "head.kind=mean", members, *SOFT,
+                                                  "pseudo.student_init=teacher", *common]
+        jobs[out / "semisup" / f"cnn-soft-seed{s}"] = [f"seed={s}", members, *SOFT, *CNN, *common]
+    reports = dict(zip(jobs, pool.map(_semisup, jobs, jobs.values())))
+    controls = {out / "semisup" / f"continued-seed{s}":
+                [f"ckpt={out / 'semisup' / f'soft-seed{s}' / 'round1-teacher-encoder.pt'}", f"seed={s}",
+                 "head.kind=mean", *common] for s in seeds}
+    controls = dict(zip(controls, pool.map(_finetune, controls, controls.values())))
+
+    def student(kind: str, s: int) -> dict:
+        folder = out / "semisup" / f"{kind}seed{s}"
+        row = next(r for r in reports[folder] if r["role"] == "student")
+        return _with_shift(row, folder / "round1-student")
+
+    def role(kind: str, s: int, name: str) -> dict:
+        return _with_shift(next(r for r in reports[out / "semisup" / f"{kind}seed{s}"] if r["role"] == name))
+
+    rows = {f"teacher: {name}": [done[_pretraining_dir(out, slug, s)] for s in seeds]
+            for name, slug in teachers.items()}
+    rows["ensemble of the three teachers (mean probability)"] = [role("soft-", s, "ensemble") for s in seeds]
+    rows["student: hard pseudo-labels from the SSAST teacher (top 150 per class)"] = [student("", s) for s in seeds]
+    rows["student: soft labels from the ensemble, starts from its better-validated pretrained teacher"] = [
+        student("soft-", s) for s in seeds]
+    rows[f"control: the same start, {steps} more steps on the labelled clips alone"] = [controls[d] for d in controls]
+    rows["DCASE-size CNN: soft labels from the ensemble"] = [student("cnn-soft-", s) for s in seeds]
+    rows["DCASE-size CNN: labelled clips alone"] = [done[out / "semisup" / f"cnn-labels-seed{s}"] for s in seeds]
+    title = "Semi-supervised learning and distillation (synthetic city/device shift)"
+    console.print(results_table(rows, SHIFT_COLUMNS, title=title))
+    md = _markdown(title, rows, SHIFT_COLUMNS)
+
+    def right(kind: str) -> list[float]:
+        return [round(100 * r["pseudo_accuracy"], 1) for r in (student(kind, s) for s in seeds)
+                if r.get("pseudo_accuracy") is not None]
+
+    md.append(f"Hard pseudo-labels kept per seed: {[student('', s).get('pseudo_selected') for s in seeds]}, their "
+              f"accuracy {right('')} %; the ensemble's argmax on all unlabelled clips: {right('soft-')} %.")
+    md.append(f"The soft student starts from (per seed): {[first[s] for s in seeds]}.")
+    c = student("cnn-soft-", seeds[0]).get("complexity")
+    if c:
+        md.append(f"DCASE-size CNN: {c['params']:,} parameters (limit {c['max_params']:,}), {c['macs'] / 1e6:.2f} M "
+                  f"MACs per 1 s clip (limit {c['max_macs'] / 1e6:.0f} M).")
+    return md + [""]
+
+
 def plot_results(rows_of: dict[str, dict[str, list[Path]]], path: Path) -> Path:
-    """Left: validation accuracy over steps per row of the pretraining table (mean and min-max over seeds); right: the
-    learned layer weights of each layer-wise head (mean over seeds), the picture the layer-wise paper discusses."""
+    """Left: validation accuracy over steps per row of the pretraining table (mean and min-max over seeds); middle: the
+    learned layer weights of each layer-wise head (mean over seeds), the picture the layer-wise paper discusses; right:
+    test accuracy on seen and unseen devices per row of the device table (mean and std over seeds)."""
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     from launch.common.files import replacing
 
-    fig = Figure(figsize=(11, 4))
+    fig = Figure(figsize=(16.5, 4.2))
     FigureCanvasAgg(fig)
-    curves, bars = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    curves, bars, shift = fig.add_subplot(1, 3, 1), fig.add_subplot(1, 3, 2), fig.add_subplot(1, 3, 3)
     for name, dirs in rows_of.get("pretraining", {}).items():
         runs = [[json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for d in dirs]
         runs = [[(r["step"], 100 * r["val_accuracy"]) for r in recs if "val_accuracy" in r] for recs in runs]
@@ -195,6 +286,17 @@ def plot_results(rows_of: dict[str, dict[str, list[Path]]], path: Path) -> Path:
         bars.axhline(1 / depth, color="grey", lw=0.8, ls="--", label="uniform 1/L")
         bars.legend(fontsize=8)
     bars.set(xlabel="block", ylabel="softmax layer weight", title="Learned layer weights (mean over seeds)")
+    devices = rows_of.get("devices", {})
+    for i, part in enumerate(("seen", "unseen")):
+        acc = [[100 * json.loads((d / "metrics.json").read_text())["seen_unseen"][part]["accuracy"] for d in dirs]
+               for dirs in devices.values()]
+        shift.bar(np.arange(len(acc)) + (i - 0.5) * 0.38, [np.mean(a) for a in acc], 0.38,
+                  yerr=[np.std(a, ddof=1) if len(a) > 1 else 0 for a in acc], capsize=3, label=f"{part} devices")
+    if devices:
+        shift.set_xticks(range(len(devices)), list(devices), rotation=15, fontsize=8)
+        shift.legend(fontsize=8)
+    shift.set(ylabel="test accuracy (%)", title="Device shift (mean +- std over seeds)")
+    shift.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     with replacing(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
@@ -239,22 +341,26 @@ def _pool(jobs: int):
                                initargs=(max(1, (os.cpu_count() or 1) // jobs),))
 
 
+def _pretraining_dir(out: Path, slug: str, seed: int) -> Path:
+    return out / "pretraining" / f"{slug}-seed{seed}"
+
+
 def _ssast_mean_dir(out: Path, seed: int) -> Path:
-    """The SSAST + mean head run of a seed: the pretraining table's SSAST row, the heads table's baseline row and the
-    semi-supervised teacher are the same configuration, so they share one run."""
-    return out / "pretraining" / f"ssast-seed{seed}"
+    """The SSAST + mean head run of a seed: the pretraining table's SSAST row, the heads and devices tables' baseline
+    row and the semi-supervised SSAST teacher are the same configuration, so they share one run."""
+    return _pretraining_dir(out, "ssast", seed)
 
 
-def _head_dir(out: Path, row: int, seed: int) -> Path:
-    return _ssast_mean_dir(out, seed) if row == 0 else out / "heads" / f"{row}-seed{seed}"
+def _row_dir(out: Path, table: str, row: int, seed: int) -> Path:
+    return _ssast_mean_dir(out, seed) if row == 0 else out / table / f"{row}-seed{seed}"
 
 
-def _markdown(title: str, rows: dict[str, list[dict]]) -> list[str]:
+def _markdown(title: str, rows: dict[str, list[dict]], columns=COLUMNS) -> list[str]:
     from finetune.metrics import results_cells
 
-    lines = [f"**{title}**", "", "| row | " + " | ".join(h for h, _, _ in COLUMNS) + " | seeds |",
-             "|---" * (len(COLUMNS) + 2) + "|"]
-    lines += [f"| {name} | " + " | ".join(cells) + f" | {n} |" for name, cells, n in results_cells(rows, COLUMNS)]
+    lines = [f"**{title}**", "", "| row | " + " | ".join(h for h, _, _ in columns) + " | seeds |",
+             "|---" * (len(columns) + 2) + "|"]
+    lines += [f"| {name} | " + " | ".join(cells) + f" | {n} |" for name, cells, n in results_cells(rows, columns)]
     return lines + [""]
 
 
