@@ -67,11 +67,15 @@ SHIFT_COLUMNS = COLUMNS + (("seen - unseen", "device_gap", 100.0), ("best val (%
 TABLES = ("pretraining", "heads", "devices", "semisup")
 
 
+def _encoder_path(out: Path, method: str) -> Path:
+    return out / f"pretrain-{method}" / "encoder.pt"
+
+
 def _pretrain(method: str, out: Path, steps: int, depth: int) -> Path:
     from pretrain.config import load_pretrain_config
     from pretrain.train import run
 
-    run_dir = out / f"pretrain-{method}"
+    run_dir = _encoder_path(out, method).parent
     if not (run_dir / "encoder.pt").exists():
         run(load_pretrain_config([f"method={method}", f"run_dir={run_dir}", f"steps={steps}", "log.progress=false",
                                   f"checkpoint.every_steps={min(steps, 500)}", f"{method}.encoder.depth={depth}"]))
@@ -141,11 +145,12 @@ def main() -> int:
 
     with _pool(args.jobs) as pool:
         methods = ["ssast", "audiomae"] if {"pretraining", "semisup"} & set(tables) else ["ssast"]
-        n = len(methods)
-        ckpts = dict(zip(methods, pool.map(_pretrain, methods, [out] * n, [args.pretrain_steps] * n, [args.depth] * n)))
+        pretraining = [pool.submit(_pretrain, m, out, args.pretrain_steps, args.depth) for m in methods]
+        ckpts = {m: _encoder_path(out, m) for m in methods}
         ssast = ckpts["ssast"]
         # Every fine-tuning run of the tables (the semi-supervised teachers too), keyed by folder so that a shared run
-        # is trained once, all in one batch for the pool.
+        # is trained once, all queued at once: those that need no pretrained encoder first, so that they fill the
+        # cores while the encoders pretrain (SSAST's steps take twice Audio-MAE's), the others once both exist.
         planned: dict[Path, list[str]] = {}
         rows_of: dict[str, dict[str, list[Path]]] = {}
         pretraining_rows = {}
@@ -170,7 +175,11 @@ def main() -> int:
                     rows_of[table][name] = dirs
         if "semisup" in tables:  # the DCASE-size CNN on the labelled clips alone: what distillation adds to it
             planned.update({out / "semisup" / f"cnn-labels-seed{s}": [f"seed={s}", *CNN, *common] for s in seeds})
-        done = dict(zip(planned, pool.map(_finetune, planned, planned.values())))
+        runs = {d: pool.submit(_finetune, d, a) for d, a in planned.items() if "ckpt=none" in a}
+        for future in pretraining:
+            future.result()
+        runs.update({d: pool.submit(_finetune, d, a) for d, a in planned.items() if d not in runs})
+        done = {d: future.result() for d, future in runs.items()}
         for table, title in (("pretraining", "What pretraining is worth (mean head, full fine-tuning)"),
                              ("heads", "Layer-wise heads on the SSAST-pretrained encoder (paper Table I rows)"),
                              ("devices", "Device-robust training on the SSAST-pretrained encoder (mean head)")):
@@ -274,7 +283,8 @@ def plot_results(rows_of: dict[str, dict[str, list[Path]]], path: Path) -> Path:
         curves.fill_between(steps, acc.min(0), acc.max(0), alpha=0.2)
     curves.set(xlabel="fine-tuning step", ylabel="validation accuracy (%)", title="What pretraining is worth")
     curves.grid(alpha=0.3)
-    curves.legend()
+    if rows_of.get("pretraining"):
+        curves.legend()
     weights = {name: np.mean([json.loads((d / "metrics.json").read_text())["layer_weights"] for d in dirs], axis=0)
                for name, dirs in rows_of.get("heads", {}).items()
                if "layer_weights" in json.loads((dirs[0] / "metrics.json").read_text())}
@@ -311,10 +321,17 @@ def _machine() -> str:
 
 
 class _Inline:
-    """The pool's ``map``, in this process (``--jobs 1``)."""
+    """The pool's ``map`` and ``submit``, in this process (``--jobs 1``): each call runs at once."""
 
     def map(self, fn, *iterables):
         return map(fn, *iterables)
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+
+        future = Future()
+        future.set_result(fn(*args))
+        return future
 
     def __enter__(self):
         return self
