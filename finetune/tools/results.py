@@ -262,55 +262,67 @@ def _semisup_table(pool, out: Path, seeds: range, ssast: Path, audiomae: Path, c
 
 
 def plot_results(rows_of: dict[str, dict[str, list[Path]]], path: Path) -> Path:
-    """Left: validation accuracy over steps per row of the pretraining table (mean and min-max over seeds); middle: the
-    learned layer weights of each layer-wise head (mean over seeds), the picture the layer-wise paper discusses; right:
-    test accuracy on seen and unseen devices per row of the device table (mean and std over seeds)."""
-    import numpy as np
+    """One panel per table that ran, left to right: validation accuracy over steps per row of the pretraining table
+    (mean and min-max over seeds); the learned layer weights of each layer-wise head (mean over seeds), the picture
+    the layer-wise paper discusses; test accuracy on seen and unseen devices per row of the device table."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     from launch.common.files import replacing
 
-    fig = Figure(figsize=(16.5, 4.2))
+    panels = [(draw, rows_of[table]) for table, draw in (("pretraining", _curves_panel), ("heads", _weights_panel),
+                                                          ("devices", _shift_panel)) if rows_of.get(table)]
+    fig = Figure(figsize=(5.5 * max(1, len(panels)), 4.2))
     FigureCanvasAgg(fig)
-    curves, bars, shift = fig.add_subplot(1, 3, 1), fig.add_subplot(1, 3, 2), fig.add_subplot(1, 3, 3)
-    for name, dirs in rows_of.get("pretraining", {}).items():
-        runs = [[json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for d in dirs]
-        runs = [[(r["step"], 100 * r["val_accuracy"]) for r in recs if "val_accuracy" in r] for recs in runs]
-        steps = [s for s, _ in runs[0]]
-        acc = np.array([[a for _, a in r] for r in runs if len(r) == len(steps)])
-        curves.plot(steps, acc.mean(0), marker="o", label=name)
-        curves.fill_between(steps, acc.min(0), acc.max(0), alpha=0.2)
-    curves.set(xlabel="fine-tuning step", ylabel="validation accuracy (%)", title="What pretraining is worth")
-    curves.grid(alpha=0.3)
-    if rows_of.get("pretraining"):
-        curves.legend()
-    weights = {name: np.mean([json.loads((d / "metrics.json").read_text())["layer_weights"] for d in dirs], axis=0)
-               for name, dirs in rows_of.get("heads", {}).items()
-               if "layer_weights" in json.loads((dirs[0] / "metrics.json").read_text())}
-    width = 0.8 / max(1, len(weights))
-    for i, (name, w) in enumerate(weights.items()):
-        bars.bar(np.arange(1, len(w) + 1) + (i - (len(weights) - 1) / 2) * width, w, width, label=name)
-    if weights:
-        depth = len(next(iter(weights.values())))
-        bars.axhline(1 / depth, color="grey", lw=0.8, ls="--", label="uniform 1/L")
-        bars.legend(fontsize=8)
-    bars.set(xlabel="block", ylabel="softmax layer weight", title="Learned layer weights (mean over seeds)")
-    devices = rows_of.get("devices", {})
-    for i, part in enumerate(("seen", "unseen")):
-        acc = [[100 * json.loads((d / "metrics.json").read_text())["seen_unseen"][part]["accuracy"] for d in dirs]
-               for dirs in devices.values()]
-        shift.bar(np.arange(len(acc)) + (i - 0.5) * 0.38, [np.mean(a) for a in acc], 0.38,
-                  yerr=[np.std(a, ddof=1) if len(a) > 1 else 0 for a in acc], capsize=3, label=f"{part} devices")
-    if devices:
-        shift.set_xticks(range(len(devices)), list(devices), rotation=15, fontsize=8)
-        shift.legend(fontsize=8)
-    shift.set(ylabel="test accuracy (%)", title="Device shift (mean +- std over seeds)")
-    shift.grid(alpha=0.3, axis="y")
+    for i, (draw, rows) in enumerate(panels):
+        draw(fig.add_subplot(1, len(panels), i + 1), rows)
     fig.tight_layout()
     with replacing(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     return path
+
+
+def _curves_panel(ax, rows: dict[str, list[Path]]) -> None:
+    import numpy as np
+
+    for name, dirs in rows.items():
+        runs = [[json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for d in dirs]
+        runs = [[(r["step"], 100 * r["val_accuracy"]) for r in recs if "val_accuracy" in r] for recs in runs]
+        steps = [s for s, _ in runs[0]]
+        acc = np.array([[a for _, a in r] for r in runs if len(r) == len(steps)])
+        ax.plot(steps, acc.mean(0), marker="o", label=name)
+        ax.fill_between(steps, acc.min(0), acc.max(0), alpha=0.2)
+    ax.set(xlabel="fine-tuning step", ylabel="validation accuracy (%)", title="What pretraining is worth")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _weights_panel(ax, rows: dict[str, list[Path]]) -> None:
+    import numpy as np
+
+    weights = {name: np.mean([json.loads((d / "metrics.json").read_text())["layer_weights"] for d in dirs], axis=0)
+               for name, dirs in rows.items() if "layer_weights" in json.loads((dirs[0] / "metrics.json").read_text())}
+    width = 0.8 / max(1, len(weights))
+    for i, (name, w) in enumerate(weights.items()):
+        ax.bar(np.arange(1, len(w) + 1) + (i - (len(weights) - 1) / 2) * width, w, width, label=name)
+    if weights:
+        ax.axhline(1 / len(next(iter(weights.values()))), color="grey", lw=0.8, ls="--", label="uniform 1/L")
+        ax.legend(fontsize=8)
+    ax.set(xlabel="block", ylabel="softmax layer weight", title="Learned layer weights (mean over seeds)")
+
+
+def _shift_panel(ax, rows: dict[str, list[Path]]) -> None:
+    import numpy as np
+
+    for i, part in enumerate(("seen", "unseen")):
+        acc = [[100 * json.loads((d / "metrics.json").read_text())["seen_unseen"][part]["accuracy"] for d in dirs]
+               for dirs in rows.values()]
+        ax.bar(np.arange(len(acc)) + (i - 0.5) * 0.38, [np.mean(a) for a in acc], 0.38,
+               yerr=[np.std(a, ddof=1) if len(a) > 1 else 0 for a in acc], capsize=3, label=f"{part} devices")
+    ax.set_xticks(range(len(rows)), list(rows), rotation=15, fontsize=8)
+    ax.legend(fontsize=8)
+    ax.set(ylabel="test accuracy (%)", title="Device shift (mean and std over seeds)")
+    ax.grid(alpha=0.3, axis="y")
 
 
 def _machine() -> str:
