@@ -1,6 +1,6 @@
 """python finetune/tools/results.py: the results benchmark (not a test) on the synthetic corpus, mean +- std over seeds.
 
-Four tables, each row fine-tuned with ``--seeds`` seeds on the same data:
+Four tables (and a control row), each row fine-tuned with ``--seeds`` seeds on the same data:
 
 * ``pretraining``: from scratch vs SSAST-pretrained vs Audio-MAE-pretrained (mean head, full fine-tuning), plus a
   from-scratch control with frame tokens (SSAST's frame model: 128 x 2 patches) instead of 16 x 16 patches;
@@ -10,7 +10,8 @@ Four tables, each row fine-tuned with ``--seeds`` seeds on the same data:
   + frequency-wise MixStyle, + device impulse responses, + both), at their published settings;
 * ``semisup``: teachers (the pretraining table's SSAST, Audio-MAE and frame-token runs) and their ensemble vs
   students: hard pseudo-labels from the SSAST teacher, soft labels from the ensemble (a transformer, and the DCASE-size
-  CNN), with the controls that say what the teacher's labels are worth.
+  CNN, next to the same CNN on the labelled clips alone); ``control`` adds the soft student's starting point trained
+  on the labelled clips alone (3 more runs), which says how much of the student's figure is the teachers' labels.
 
 The SSAST + mean-head fine-tuning of a seed is one run shared by the tables (the SSAST row, the heads and devices
 baseline, a teacher). Every run has its own folder under ``--out``; a finished run is reused, so an interrupted
@@ -64,7 +65,7 @@ COLUMNS = (("Acc (%)", "accuracy", 100.0), ("AUC (%)", "macro_auc", 100.0),
            ("unseen devices (%)", "seen_unseen.unseen.accuracy", 100.0))
 # ... plus the device deficit (seen - unseen, points) and the best validation accuracy (what a choice may look at).
 SHIFT_COLUMNS = COLUMNS + (("seen - unseen", "device_gap", 100.0), ("best val (%)", "best_val_accuracy", 100.0))
-TABLES = ("pretraining", "heads", "devices", "semisup")
+TABLES = ("pretraining", "heads", "devices", "semisup", "control")
 
 
 def _encoder_path(out: Path, method: str) -> Path:
@@ -127,6 +128,8 @@ def main() -> int:
     tables = args.tables.split(",")
     if set(tables) - set(TABLES):
         p.error(f"--tables {args.tables}: expected a comma-separated subset of {','.join(TABLES)}")
+    if "control" in tables and "semisup" not in tables:
+        p.error(f"--tables {args.tables}: 'control' is a row of the semisup table; list semisup too")
     if min(args.seeds, args.jobs, args.steps, args.pretrain_steps) < 1 or args.depth < 0:
         p.error("--seeds, --jobs, --steps and --pretrain-steps must be >= 1, --depth >= 0")
 
@@ -189,7 +192,8 @@ def main() -> int:
                 console.print(results_table(rows, columns, title=title))
                 md += _markdown(title, rows, columns)
         if "semisup" in tables:
-            md += _semisup_table(pool, out, seeds, ssast, ckpts["audiomae"], common, args.steps, done, console)
+            md += _semisup_table(pool, out, seeds, ssast, ckpts["audiomae"], common, args.steps, done, console,
+                                 control="control" in tables)
     if rows_of:
         plot_results(rows_of, out / "results.png")
         md.append(f"Figure: `{out / 'results.png'}` (validation curves, learned layer weights, device shift).")
@@ -199,9 +203,10 @@ def main() -> int:
 
 
 def _semisup_table(pool, out: Path, seeds: range, ssast: Path, audiomae: Path, common: list[str], steps: int,
-                   done: dict[Path, dict], console) -> list[str]:
-    """Teachers, their ensemble and the students of each seed (two batches for the pool: the students, then the
-    control that continues the soft student's starting point on the labelled clips alone)."""
+                   done: dict[Path, dict], console, control: bool = True) -> list[str]:
+    """Teachers, their ensemble and the students of each seed (two batches for the pool: the students, then with
+    ``control`` the soft student's starting point continued on the labelled clips alone, as long as the student
+    trained: how much of the student's figure is the teachers' labels and how much is more steps)."""
     from finetune.metrics import results_table
 
     teachers = {"SSAST": "ssast", "Audio-MAE": "audiomae", "frame tokens, from scratch": "scratch-frames"}
@@ -223,7 +228,7 @@ def _semisup_table(pool, out: Path, seeds: range, ssast: Path, audiomae: Path, c
     reports = dict(zip(jobs, pool.map(_semisup, jobs, jobs.values())))
     controls = {out / "semisup" / f"continued-seed{s}":
                 [f"ckpt={out / 'semisup' / f'soft-seed{s}' / 'round1-teacher-encoder.pt'}", f"seed={s}",
-                 "head.kind=mean", *common] for s in seeds}
+                 "head.kind=mean", *common] for s in seeds} if control else {}
     controls = dict(zip(controls, pool.map(_finetune, controls, controls.values())))
 
     def student(kind: str, s: int) -> dict:
@@ -240,7 +245,8 @@ def _semisup_table(pool, out: Path, seeds: range, ssast: Path, audiomae: Path, c
     rows["student: hard pseudo-labels from the SSAST teacher (top 150 per class)"] = [student("", s) for s in seeds]
     rows["student: soft labels from the ensemble, starts from its better-validated pretrained teacher"] = [
         student("soft-", s) for s in seeds]
-    rows[f"control: the same start, {steps} more steps on the labelled clips alone"] = [controls[d] for d in controls]
+    if controls:
+        rows[f"control: the same start, {steps} more steps on the labelled clips alone"] = list(controls.values())
     rows["DCASE-size CNN: soft labels from the ensemble"] = [student("cnn-soft-", s) for s in seeds]
     rows["DCASE-size CNN: labelled clips alone"] = [done[out / "semisup" / f"cnn-labels-seed{s}"] for s in seeds]
     title = "Semi-supervised learning and distillation (synthetic city/device shift)"
