@@ -131,7 +131,8 @@ def features_of(source: Path, cfg: ExportConfig) -> dict[str, Any]:
     for folder in ([source] if source.is_dir() else []) + list(source.parents)[:3]:
         tree = run_folder.read_config(folder, "give sample_rate=, norm_mean= and norm_std= or repair it")
         if tree is not None:  # a run folder's config without data.features (not a run of ours): the defaults
-            features = (tree.get("data") or {}).get("features") if isinstance(tree.get("data"), dict) else None
+            data = tree.get("data")
+            features = data.get("features") if isinstance(data, dict) else None
             found = dict(features) if isinstance(features, dict) else {}
             break
     given = {"sample_rate": cfg.sample_rate, "norm_mean": cfg.norm_mean, "norm_std": cfg.norm_std}

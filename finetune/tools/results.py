@@ -239,28 +239,28 @@ def _semisup_table(pool, out: Path, seeds: range, ssast: Path, audiomae: Path, c
     def role(kind: str, s: int, name: str) -> dict:
         return _with_shift(next(r for r in reports[out / "semisup" / f"{kind}seed{s}"] if r["role"] == name))
 
+    students = {kind: [student(kind, s) for s in seeds] for kind in ("", "soft-", "cnn-soft-")}  # read once
     rows = {f"teacher: {name}": [done[_pretraining_dir(out, slug, s)] for s in seeds]
             for name, slug in teachers.items()}
     rows["ensemble of the three teachers (mean probability)"] = [role("soft-", s, "ensemble") for s in seeds]
-    rows["student: hard pseudo-labels from the SSAST teacher (top 150 per class)"] = [student("", s) for s in seeds]
-    rows["student: soft labels from the ensemble, starts from its better-validated pretrained teacher"] = [
-        student("soft-", s) for s in seeds]
+    rows["student: hard pseudo-labels from the SSAST teacher (top 150 per class)"] = students[""]
+    soft = "student: soft labels from the ensemble, starts from its better-validated pretrained teacher"
+    rows[soft] = students["soft-"]
     if controls:
         rows[f"control: the same start, {steps} more steps on the labelled clips alone"] = list(controls.values())
-    rows["DCASE-size CNN: soft labels from the ensemble"] = [student("cnn-soft-", s) for s in seeds]
+    rows["DCASE-size CNN: soft labels from the ensemble"] = students["cnn-soft-"]
     rows["DCASE-size CNN: labelled clips alone"] = [done[out / "semisup" / f"cnn-labels-seed{s}"] for s in seeds]
     title = "Semi-supervised learning and distillation (synthetic city/device shift)"
     console.print(results_table(rows, SHIFT_COLUMNS, title=title))
     md = _markdown(title, rows, SHIFT_COLUMNS)
 
     def right(kind: str) -> list[float]:
-        return [round(100 * r["pseudo_accuracy"], 1) for r in (student(kind, s) for s in seeds)
-                if r.get("pseudo_accuracy") is not None]
+        return [round(100 * r["pseudo_accuracy"], 1) for r in students[kind] if r.get("pseudo_accuracy") is not None]
 
-    md.append(f"Hard pseudo-labels kept per seed: {[student('', s).get('pseudo_selected') for s in seeds]}, their "
+    md.append(f"Hard pseudo-labels kept per seed: {[r.get('pseudo_selected') for r in students['']]}, their "
               f"accuracy {right('')} %; the ensemble's argmax on all unlabelled clips: {right('soft-')} %.")
     md.append(f"The soft student starts from (per seed): {[first[s] for s in seeds]}.")
-    c = student("cnn-soft-", seeds[0]).get("complexity")
+    c = students["cnn-soft-"][0].get("complexity")
     if c:
         md.append(f"DCASE-size CNN: {c['params']:,} parameters (limit {c['max_params']:,}), {c['macs'] / 1e6:.2f} M "
                   f"MACs per 1 s clip (limit {c['max_macs'] / 1e6:.0f} M).")
