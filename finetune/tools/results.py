@@ -66,6 +66,10 @@ COLUMNS = (("Acc (%)", "accuracy", 100.0), ("AUC (%)", "macro_auc", 100.0),
 # ... plus the device deficit (seen - unseen, points) and the best validation accuracy (what a choice may look at).
 SHIFT_COLUMNS = COLUMNS + (("seen - unseen", "device_gap", 100.0), ("best val (%)", "best_val_accuracy", 100.0))
 TABLES = ("pretraining", "heads", "devices", "semisup", "control")
+DEFAULT_TABLES = TABLES[:-1]  # the control row is 3 more runs, asked for by name
+# What the runs under --out depend on: a later invocation over the same folder must use the same, since a finished
+# run is reused by its folder alone (seeds, tables and jobs may differ: they add or schedule runs, never change one).
+SETTINGS = ("steps", "pretrain_steps", "depth", "stride")
 
 
 def _encoder_path(out: Path, method: str) -> Path:
@@ -115,12 +119,16 @@ def _semisup(run_dir: Path, args: list[str]) -> list[dict]:
 
 def main() -> int:
     p = argparse.ArgumentParser(prog="python finetune/tools/results.py", description=__doc__.splitlines()[0])
-    p.add_argument("--tables", default=",".join(TABLES), help="comma-separated subset of the tables")
+    p.add_argument("--tables", default=",".join(DEFAULT_TABLES),
+                   help=f"comma-separated subset of {','.join(TABLES)} (default: all but control)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--steps", type=int, default=600, help="fine-tuning steps per run")
-    p.add_argument("--pretrain-steps", type=int, default=1500, help="pretraining steps (one run per method)")
+    p.add_argument("--pretrain-steps", type=int, default=3000, help="pretraining steps (one run per method)")
     p.add_argument("--depth", type=int, default=4,
                    help="encoder blocks of every model (4: the embedded default; 0: the tiny size's 12)")
+    p.add_argument("--stride", type=int, default=16,
+                   help="fine-tuning patch stride of the 16 x 16 patch encoders (16: no overlap, as Audio-MAE "
+                        "fine-tunes, 48 patches; 10: SSAST's overlapping fine-tuning, 108 patches, 1.85x the time)")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs at once, each on cores/jobs threads (on a small CPU, 2 jobs of 1 thread beat 1 of 2)")
     p.add_argument("--out", type=Path, default=Path("runs/results"))
@@ -130,9 +138,14 @@ def main() -> int:
         p.error(f"--tables {args.tables}: expected a comma-separated subset of {','.join(TABLES)}")
     if "control" in tables and "semisup" not in tables:
         p.error(f"--tables {args.tables}: 'control' is a row of the semisup table; list semisup too")
-    if min(args.seeds, args.jobs, args.steps, args.pretrain_steps) < 1 or args.depth < 0:
-        p.error("--seeds, --jobs, --steps and --pretrain-steps must be >= 1, --depth >= 0")
+    if min(args.seeds, args.jobs, args.steps, args.pretrain_steps, args.stride) < 1 or args.depth < 0:
+        p.error("--seeds, --jobs, --steps, --pretrain-steps and --stride must be >= 1, --depth >= 0")
+    from launch.common.errors import cli
 
+    return cli(_benchmark, args, tables)
+
+
+def _benchmark(args: argparse.Namespace, tables: list[str]) -> None:
     from rich.console import Console
 
     from finetune.metrics import results_table
@@ -140,10 +153,15 @@ def main() -> int:
 
     console = Console(width=160)
     out = args.out.resolve()
+    claim_settings(out, {k: getattr(args, k) for k in SETTINGS})
+    started, finished_before = time.monotonic(), _finished(out)
     common = [f"steps={args.steps}", f"eval_every={max(1, args.steps // 4)}", f"scratch_encoder.depth={args.depth}"]
+    # before a row's own overrides: the frame-token control keeps its 128 x 2 stride
+    stride = [f"encoder.stride_freq={args.stride}", f"encoder.stride_time={args.stride}"]
     seeds = range(args.seeds)
-    command = (f"python finetune/tools/results.py --seeds {args.seeds} --steps {args.steps} --pretrain-steps "
-               f"{args.pretrain_steps} --depth {args.depth} --jobs {args.jobs}")
+    command = (f"python finetune/tools/results.py --tables {','.join(tables)} --seeds {args.seeds} --steps "
+               f"{args.steps} --pretrain-steps {args.pretrain_steps} --depth {args.depth} --stride {args.stride} "
+               f"--jobs {args.jobs}")
     md = [f"Results on the synthetic corpus ({time.strftime('%Y-%m-%d')}, {_machine()}): `{command}`", ""]
 
     with _pool(args.jobs) as pool:
@@ -163,7 +181,7 @@ def main() -> int:
                                         ("Audio-MAE-pretrained", "audiomae", ckpts.get("audiomae"), [])):
             dirs = [_pretraining_dir(out, slug, s) for s in seeds]
             if "pretraining" in tables or ("semisup" in tables and slug != "scratch"):  # the teachers
-                planned.update({d: [f"ckpt={ckpt}", f"seed={s}", "head.kind=mean", *extra, *common]
+                planned.update({d: [f"ckpt={ckpt}", f"seed={s}", "head.kind=mean", *stride, *extra, *common]
                                 for s, d in zip(seeds, dirs)})
                 pretraining_rows[name] = dirs
         if "pretraining" in tables:
@@ -173,7 +191,7 @@ def main() -> int:
                 rows_of[table] = {}
                 for i, (name, extra) in enumerate(row_args.items()):
                     dirs = [_row_dir(out, table, i, s) for s in seeds]
-                    planned.update({d: [f"ckpt={ssast}", f"seed={s}", "head.kind=mean", *extra, *common]
+                    planned.update({d: [f"ckpt={ssast}", f"seed={s}", "head.kind=mean", *stride, *extra, *common]
                                     for s, d in zip(seeds, dirs)})
                     rows_of[table][name] = dirs
         if "semisup" in tables:  # the DCASE-size CNN on the labelled clips alone: what distillation adds to it
@@ -192,14 +210,44 @@ def main() -> int:
                 console.print(results_table(rows, columns, title=title))
                 md += _markdown(title, rows, columns)
         if "semisup" in tables:
-            md += _semisup_table(pool, out, seeds, ssast, ckpts["audiomae"], common, args.steps, done, console,
-                                 control="control" in tables)
+            md += _semisup_table(pool, out, seeds, ssast, ckpts["audiomae"], [*stride, *common], args.steps, done,
+                                 console, control="control" in tables)
     if rows_of:
         plot_results(rows_of, out / "results.png")
         md.append(f"Figure: `{out / 'results.png'}` (validation curves, learned layer weights, device shift).")
+    minutes = (time.monotonic() - started) / 60
+    trained = _finished(out) - finished_before
+    md.append(f"Wall time: {minutes:.0f} min; {trained} runs trained by this invocation, the others reused.")
     atomic_write(out / "results.md", "\n".join(md) + "\n")
-    console.print(f"tables -> {out / 'results.md'}")
-    return 0
+    console.print(f"tables -> {out / 'results.md'} ({minutes:.0f} min, {trained} runs trained here)")
+
+
+def claim_settings(out: Path, settings: dict) -> None:
+    """Record the settings the runs under ``out`` are made with (``<out>/benchmark.json``), or refuse in one line
+    when an earlier invocation made them with others: its finished runs would be reused as if they were these."""
+    from launch.common.errors import BadInput
+    from launch.common.files import atomic_write
+
+    record = out / "benchmark.json"
+    if record.exists():
+        try:
+            old = json.loads(record.read_text())
+        except (OSError, ValueError) as e:
+            raise BadInput(f"{record}: unreadable ({e}); give another --out, or delete it if the runs are yours")
+        changed = [f"--{k.replace('_', '-')} {old.get(k)} -> {v}" for k, v in settings.items() if old.get(k) != v]
+        if changed:
+            raise BadInput(f"{out}: holds runs made with other settings ({'; '.join(changed)}); their finished runs "
+                           "would be reused as they are: give another --out")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(record, json.dumps(settings, indent=1) + "\n")
+
+
+def _finished(out: Path) -> int:
+    """How many run folders under ``out`` hold their final file (what this invocation trained is the difference)."""
+    finished = ("encoder.pt", "metrics.json", "semisup.json")
+    folders = [d for d in out.glob("*/*") if d.is_dir()] + [d for d in out.glob("pretrain-*") if d.is_dir()]
+    return sum(1 for d in folders if any((d / f).exists() for f in finished))
 
 
 def _semisup_table(pool, out: Path, seeds: range, ssast: Path, audiomae: Path, common: list[str], steps: int,
