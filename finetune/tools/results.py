@@ -10,13 +10,18 @@ Four tables (and a control row), each row fine-tuned with ``--seeds`` seeds on t
   + frequency-wise MixStyle, + device impulse responses, + both), at their published settings;
 * ``semisup``: teachers (the pretraining table's SSAST, Audio-MAE and frame-token runs) and their ensemble vs
   students: hard pseudo-labels from the SSAST teacher, soft labels from the ensemble (a transformer, and the DCASE-size
-  CNN, next to the same CNN on the labelled clips alone); ``control`` adds the soft student's starting point trained
-  on the labelled clips alone (3 more runs), which says how much of the student's figure is the teachers' labels.
+  CNN, next to the same CNN on the labelled clips alone); ``control`` (asked for by name, 3 more runs) adds the soft
+  student's starting point trained on the labelled clips alone: how much of the student's figure is the teachers'
+  labels.
+
+The defaults are the recorded budget: all tables but ``control``, 3 seeds, 3,000 pretraining and 600 fine-tuning steps,
+4 blocks, non-overlapping patches, which with ``--jobs 2`` finish in about 90 minutes on 2 CPU cores (README section 7).
 
 The SSAST + mean-head fine-tuning of a seed is one run shared by the tables (the SSAST row, the heads and devices
 baseline, a teacher). Every run has its own folder under ``--out``; a finished run is reused, so an interrupted
-benchmark continues where it stopped. ``--jobs N`` trains N runs at once in worker processes. The tables are printed
-and written to ``<out>/results.md`` (with the command, date and machine).
+benchmark continues where it stopped; ``<out>/benchmark.json`` records the settings its runs were made with, and an
+invocation with others is refused. ``--jobs N`` trains N runs at once in worker processes. The tables are printed and
+written to ``<out>/results.md`` (with the command, date, machine and wall time).
 """
 import argparse
 import json
