@@ -239,11 +239,17 @@ def claim_settings(out: Path, settings: dict) -> None:
             old = json.loads(record.read_text())
         except (OSError, ValueError) as e:
             raise BadInput(f"{record}: unreadable ({e}); give another --out, or delete it if the runs are yours")
+        if not isinstance(old, dict):
+            raise BadInput(f"{record}: expected a JSON object of settings, got {type(old).__name__}; give another "
+                           "--out, or delete it if the runs are yours")
         changed = [f"--{k.replace('_', '-')} {old.get(k)} -> {v}" for k, v in settings.items() if old.get(k) != v]
         if changed:
             raise BadInput(f"{out}: holds runs made with other settings ({'; '.join(changed)}); their finished runs "
                            "would be reused as they are: give another --out")
         return
+    if _finished(out):  # an older results.py wrote no record: what its runs were made with is unknown
+        raise BadInput(f"{out}: holds finished runs but no benchmark.json saying what settings made them; give "
+                       "another --out")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(record, json.dumps(settings, indent=1) + "\n")
 

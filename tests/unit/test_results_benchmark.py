@@ -28,11 +28,24 @@ def test_a_folder_of_runs_with_other_settings_is_refused_in_one_line_and_left_as
 
 
 def test_a_damaged_settings_record_is_one_line_naming_it(tmp_path):
-    (tmp_path / "benchmark.json").write_text("{")
-    proc = _results("--out", str(tmp_path), "--steps", "5")
+    for text, says in (("{", "unreadable"), ("[600]", "expected a JSON object")):
+        (tmp_path / "benchmark.json").write_text(text)
+        proc = _results("--out", str(tmp_path), "--steps", "5")
+        assert proc.returncode == 2
+        [line] = proc.stderr.strip().splitlines()
+        assert str(tmp_path / "benchmark.json") in line and says in line
+
+
+def test_finished_runs_without_a_settings_record_are_refused_not_reused(tmp_path):
+    """A folder of an older results.py (no benchmark.json): its settings are unknown, so none of it is reused."""
+    run = tmp_path / "pretraining" / "ssast-seed0"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text("{}")
+    proc = _results("--out", str(tmp_path), "--tables", "pretraining")
     assert proc.returncode == 2
     [line] = proc.stderr.strip().splitlines()
-    assert str(tmp_path / "benchmark.json") in line and "unreadable" in line
+    assert str(tmp_path) in line and "no benchmark.json" in line
+    assert not (tmp_path / "benchmark.json").exists()
 
 
 def test_flags_are_range_checked_before_anything_runs(tmp_path):
