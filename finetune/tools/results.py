@@ -86,9 +86,10 @@ def _pretrain(method: str, out: Path, steps: int, depth: int) -> Path:
     from pretrain.train import run
 
     run_dir = _encoder_path(out, method).parent
-    if not (run_dir / "encoder.pt").exists():
-        run(load_pretrain_config([f"method={method}", f"run_dir={run_dir}", f"steps={steps}", "log.progress=false",
-                                  f"checkpoint.every_steps={min(steps, 500)}", f"{method}.encoder.depth={depth}"]))
+    cfg = load_pretrain_config([f"method={method}", f"run_dir={run_dir}", f"steps={steps}", "log.progress=false",
+                                f"checkpoint.every_steps={min(steps, 500)}", f"{method}.encoder.depth={depth}"])
+    if not _finished_run(run_dir, "encoder.pt", cfg):
+        run(cfg)
     return run_dir / "encoder.pt"
 
 
@@ -96,9 +97,23 @@ def _finetune(run_dir: Path, args: list[str]) -> dict:
     from finetune.config import load_finetune_config
     from finetune.train import run
 
-    if not (run_dir / "metrics.json").exists():
-        run(load_finetune_config([f"run_dir={run_dir}", "log.every_steps=100", *args]))
+    cfg = load_finetune_config([f"run_dir={run_dir}", "log.every_steps=100", *args])
+    if not _finished_run(run_dir, "metrics.json", cfg):
+        run(cfg)
     return _with_shift(json.loads((run_dir / "metrics.json").read_text()), run_dir)
+
+
+def _finished_run(run_dir: Path, final: str, cfg) -> bool:
+    """Whether ``run_dir`` holds a finished run (its ``final`` file) to reuse: of this config, or refused in one line
+    as a resumed run of another config is (the settings record cannot see a config default that changed since; the
+    run's length may differ here, as a resumed run's may, and ``--steps`` is in the record)."""
+    from launch.runtime.config import config_tree, how_not_what_keys
+    from launch.runtime.run_folder import check_same_config
+
+    if not (run_dir / final).exists():
+        return False
+    check_same_config(run_dir, config_tree(cfg), how_not_what_keys(cfg))
+    return True
 
 
 def _with_shift(metrics: dict, run_dir: Path | None = None) -> dict:

@@ -1,10 +1,17 @@
 """finetune/tools/results.py reuses a finished run by its folder alone, so a folder of runs made with other settings
 must be refused before anything trains (it was silently reused: a --stride 16 benchmark over a folder of stride-10
 runs printed the old figures as new ones)."""
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from finetune.config import load_finetune_config
+from launch.common.errors import BadInput
+from launch.runtime.config import to_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,3 +61,21 @@ def test_flags_are_range_checked_before_anything_runs(tmp_path):
     proc = _results("--out", str(tmp_path / "out"), "--tables", "pretraining,control")
     assert proc.returncode == 2 and "'control' is a row of the semisup table" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_finished_run_of_another_config_is_refused_not_reused(tmp_path):
+    """Below the settings record: each finished run's config.yaml is compared with the one the benchmark plans (a
+    changed config default, or a run folder copied in, would otherwise be reused as it is)."""
+    spec = importlib.util.spec_from_file_location("results_tool", REPO / "finetune/tools/results.py")
+    results = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(results)
+    run_dir = tmp_path / "devices" / "1-seed0"
+    run_dir.mkdir(parents=True)
+    stride_16 = ["ckpt=none", "encoder.stride_freq=16", "encoder.stride_time=16"]
+    made = load_finetune_config([f"run_dir={run_dir}", "log.every_steps=100", *stride_16])
+    (run_dir / "config.yaml").write_text(to_yaml(made))
+    (run_dir / "metrics.json").write_text(json.dumps({"accuracy": 0.5}))
+    assert results._finetune(run_dir, stride_16)["accuracy"] == 0.5  # the same config: reused
+    with pytest.raises(BadInput, match=r"1-seed0: holds a run of another config \(encoder.stride_freq: 16 -> 10"):
+        results._finetune(run_dir, ["ckpt=none", "encoder.stride_freq=10", "encoder.stride_time=16"])
+    assert json.loads((run_dir / "metrics.json").read_text()) == {"accuracy": 0.5}
